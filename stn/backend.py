@@ -1,0 +1,213 @@
+"""Theano/Lasagne set-up, applied once by ``import stn`` before Theano loads.
+
+PyPI offers only Theano 1.0.5 and Lasagne 0.1, and the two do not work together
+out of the box.  This module makes them work, fast, on a CPU:
+
+* Theano flags: ``floatX=float32``, the best BLAS that can be found and a
+  project-local compile cache, each only where the user has not chosen a value
+  in ``THEANO_FLAGS`` or a ``.theanorc`` file.
+* glibc's allocator keeps freed memory for reuse (about twice the training
+  speed); ``STN_MALLOC_TUNING=0`` turns that off.
+* ``theano.tensor.signal.downsample``, which Lasagne 0.1 imports and Theano 1.0
+  removed, is provided as a thin alias of ``theano.tensor.signal.pool``, and
+  ``lasagne.layers.TransformerLayer`` is added where Lasagne lacks it.  Both
+  happen when Theano and Lasagne are imported, so ``import stn`` stays cheap.
+* The known deprecation noise of Theano and Lasagne is filtered, by module.
+"""
+import configparser
+import ctypes
+import ctypes.util
+import glob
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import logging
+import os
+import sys
+import types
+import warnings
+
+PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Whether configure() changed the allocator thresholds, for the benchmark.
+malloc_tuned = False
+
+# glibc mallopt parameters and the values measured to double training speed.
+# Freed blocks below 32 MiB stay in the heap instead of being unmapped, and the
+# heap is only trimmed past 2 GiB (mallopt takes a C int, so 2**31 - 1 is the
+# largest trim threshold it accepts; GLIBC_TUNABLES's 16 GiB behaves the same).
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+MALLOC_SETTINGS = ((M_MMAP_THRESHOLD, 32 * 2**20),
+                   (M_TRIM_THRESHOLD, 2**31 - 1),
+                   (M_TOP_PAD, 256 * 2**20))
+
+# Messages that Theano 1.0.5 and Lasagne 0.1 print on every model build, although
+# nothing is wrong: Lasagne 0.1 calls Theano's old argument names.
+NOISE = (
+    ("The `image_shape` keyword argument", "theano"),
+    ("stack\\(\\*tensors\\) interface is deprecated", "theano"),
+    ("DEPRECATION: the 'ds' parameter", "theano"),
+    ("DEPRECATION: the 'st' parameter", "theano"),
+    ("DEPRECATION: the 'padding' parameter", "theano"),
+    ("", "lasagne"),
+)
+
+
+def user_theano_settings():
+    """Return the Theano option names the user set by flags or a .theanorc."""
+    names = set()
+    for item in os.environ.get("THEANO_FLAGS", "").split(","):
+        if "=" in item:
+            names.add(item.split("=", 1)[0].strip())
+    default_rc = os.pathsep.join(["~/.theanorc", "~/.theanorc.txt"])
+    rc_files = [os.path.expanduser(p)
+                for p in os.environ.get("THEANORC", default_rc).split(os.pathsep)]
+    parser = configparser.ConfigParser()
+    parser.read([p for p in rc_files if os.path.isfile(p)])
+    for section in parser.sections():
+        for key in parser[section]:
+            names.add(key if section == "global" else section + "." + key)
+    return names
+
+
+def find_blas():
+    """Return Theano ``blas.ldflags`` for the best OpenBLAS found, or ''.
+
+    The system's OpenBLAS comes first.  Without one, the OpenBLAS that the scipy
+    wheel ships is linked by its file name (it measured fastest here anyway).
+    """
+    if ctypes.util.find_library("openblas"):
+        return "-lopenblas"
+    spec = importlib.util.find_spec("scipy")
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    libs_dir = os.path.join(os.path.dirname(list(spec.submodule_search_locations)[0]),
+                            "scipy.libs")
+    found = sorted(glob.glob(os.path.join(libs_dir, "libopenblas*.so*")))
+    if not found:
+        return ""
+    return "-L%s -l:%s" % (libs_dir, os.path.basename(found[0]))
+
+
+def theano_flags():
+    """Return the THEANO_FLAGS string: the user's flags plus our defaults."""
+    user = user_theano_settings()
+    defaults = {"floatX": "float32",
+                "base_compiledir": os.path.join(PROJECT_DIR, ".theano")}
+    if "blas.ldflags" not in user:
+        ldflags = find_blas()
+        defaults["blas.ldflags"] = ldflags
+        # Theano's OpenMP ops parallelise over the batch and call BLAS on one
+        # thread each.  OpenMP without a real BLAS kills the interpreter (the
+        # NumPy C-API fallback takes the GIL from worker threads), so never
+        # combine them.
+        defaults["openmp"] = str(bool(ldflags))
+        if ldflags:
+            os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+            os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if "compiledir" in user:
+        defaults.pop("base_compiledir")
+    flags = [os.environ.get("THEANO_FLAGS", "")]
+    flags += ["%s=%s" % kv for kv in defaults.items() if kv[0] not in user]
+    return ",".join(f for f in flags if f)
+
+
+def tune_malloc():
+    """Keep freed memory for reuse (glibc only); return True if applied.
+
+    ``STN_MALLOC_TUNING=0`` leaves the allocator as it is.
+    """
+    if os.environ.get("STN_MALLOC_TUNING", "1") == "0":
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # only glibc has this symbol
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return all(mallopt(param, value) == 1 for param, value in MALLOC_SETTINGS)
+
+
+def filter_noise():
+    """Silence the known deprecation warnings of Theano and Lasagne only."""
+    for message, module in NOISE:
+        warnings.filterwarnings("ignore", message=message, module=module)
+    # The scipy OpenBLAS is linked by file name, which Theano's directory check
+    # does not recognise, so it warns that no dynamic library was found.
+    logging.getLogger("theano.tensor.blas").addFilter(
+        lambda record: "did not find a dynamic library" not in record.getMessage())
+
+
+def downsample_module():
+    """Build ``theano.tensor.signal.downsample`` for Lasagne 0.1."""
+    from theano.tensor.signal import pool
+
+    def max_pool_2d(input, ds, ignore_border=None, st=None, padding=(0, 0),
+                    mode="max"):
+        return pool.pool_2d(input, ws=ds, ignore_border=ignore_border,
+                            stride=st, pad=padding, mode=mode)
+
+    module = types.ModuleType("theano.tensor.signal.downsample",
+                              "Lasagne 0.1's view of theano.tensor.signal.pool.")
+    module.max_pool_2d = max_pool_2d
+    return module
+
+
+class ShimLoader(importlib.abc.Loader):
+    """Load the downsample alias, or call ``after(module)`` once a module loaded."""
+
+    def __init__(self, loader=None, after=None):
+        self.loader, self.after = loader, after
+
+    def create_module(self, spec):
+        if self.loader is None:
+            return downsample_module()
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        if self.loader is not None:
+            self.loader.exec_module(module)
+            self.after(module)
+
+
+class ShimFinder(importlib.abc.MetaPathFinder):
+    """Patch Theano and Lasagne as they are imported, so ``import stn`` stays cheap.
+
+    ``theano.tensor.signal.downsample`` comes from ``downsample_module`` and,
+    once ``lasagne.layers`` has loaded, ``stn.layers.install`` adds the
+    TransformerLayer that Lasagne 0.1 lacks.
+    """
+
+    def find_spec(self, name, path, target=None):
+        if name == "theano.tensor.signal.downsample":
+            return importlib.machinery.ModuleSpec(name, ShimLoader())
+        if name == "lasagne.layers":
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            if spec is not None:
+                spec.loader = ShimLoader(spec.loader, install_layers)
+            return spec
+        return None
+
+
+def install_layers(lasagne_layers):
+    from . import layers
+    layers.install(lasagne_layers)
+
+
+def configure():
+    """Apply everything above; must run before Theano is imported."""
+    global malloc_tuned
+    if sys.version_info >= (3, 12):
+        raise SystemExit("Theano 1.0.5 does not run on Python %d.%d: use Python 3.11 "
+                         "(`make demo` and `make test` create a Python 3.11 venv)."
+                         % sys.version_info[:2])
+    malloc_tuned = tune_malloc()
+    filter_noise()
+    if "theano" not in sys.modules:
+        os.environ["THEANO_FLAGS"] = theano_flags()
+    if not any(isinstance(f, ShimFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, ShimFinder())
+    if "lasagne.layers" in sys.modules:
+        install_layers(sys.modules["lasagne.layers"])

@@ -1,0 +1,99 @@
+"""Command-line plumbing shared by the scripts: flag types, errors, progress.
+
+Nothing here imports Theano, so ``--help`` answers at once.
+"""
+import argparse
+import sys
+import time
+
+from .errors import UserError
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not an integer" % text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1, not %d" % value)
+    return value
+
+
+def nonnegative_int(text):
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not an integer" % text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more, not %d" % value)
+    return value
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number" % text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number, not %s" % text)
+    return value
+
+
+def probability(text):
+    """argparse type: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number" % text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError("must be in [0, 1), not %s" % text)
+    return value
+
+
+def parser(doc):
+    """An ArgumentParser whose description is the script's docstring."""
+    return argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def run(main, args):
+    """Call ``main(**vars(args))``; a UserError becomes one line and exit 2."""
+    try:
+        return main(**vars(args))
+    except UserError as e:
+        sys.stderr.write("%s: error: %s\n" % (sys.argv[0].rsplit("/", 1)[-1], e))
+        raise SystemExit(2)
+
+
+class Progress:
+    """A one-line progress bar with ETA on a terminal; silent elsewhere."""
+
+    def __init__(self, total, desc="", stream=None):
+        self.total, self.desc = total, desc
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self.start = self.last = time.time()
+        self.done = 0
+
+    def update(self, n=1):
+        self.done += n
+        now = time.time()
+        if not self.enabled or (now - self.last < 0.2 and self.done < self.total):
+            return
+        self.last = now
+        elapsed = now - self.start
+        eta = elapsed / self.done * (self.total - self.done) if self.done else 0
+        width = 30
+        filled = int(width * self.done / max(self.total, 1))
+        self.stream.write("\r%s [%s%s] %d/%d  %.0fs elapsed, ETA %.0fs " % (
+            self.desc, "#" * filled, "." * (width - filled), self.done, self.total,
+            elapsed, eta))
+        self.stream.flush()
+
+    def close(self):
+        if self.enabled:
+            self.stream.write("\r" + " " * 79 + "\r")
+            self.stream.flush()

