@@ -54,11 +54,12 @@ NOISE = (
 
 
 def user_theano_settings():
-    """Return the Theano option names the user set by flags or a .theanorc."""
+    """Return the Theano option names (lower case, as Theano's .theanorc reader
+    compares them) that the user set by flags or a .theanorc."""
     names = set()
     for item in os.environ.get("THEANO_FLAGS", "").split(","):
         if "=" in item:
-            names.add(item.split("=", 1)[0].strip())
+            names.add(item.split("=", 1)[0].strip().lower())
     default_rc = os.pathsep.join(["~/.theanorc", "~/.theanorc.txt"])
     rc_files = [os.path.expanduser(p)
                 for p in os.environ.get("THEANORC", default_rc).split(os.pathsep)]
@@ -66,7 +67,7 @@ def user_theano_settings():
     parser.read([p for p in rc_files if os.path.isfile(p)])
     for section in parser.sections():
         for key in parser[section]:
-            names.add(key if section == "global" else section + "." + key)
+            names.add((key if section == "global" else section + "." + key).lower())
     return names
 
 
@@ -108,7 +109,7 @@ def theano_flags():
     if "compiledir" in user:
         defaults.pop("base_compiledir")
     flags = [os.environ.get("THEANO_FLAGS", "")]
-    flags += ["%s=%s" % kv for kv in defaults.items() if kv[0] not in user]
+    flags += ["%s=%s" % kv for kv in defaults.items() if kv[0].lower() not in user]
     return ",".join(f for f in flags if f)
 
 

@@ -98,6 +98,8 @@ def load_npz(path, hint=None):
     if not os.path.isfile(path):
         raise UserError("%s: no such file%s" % (path, "; create it with: " + hint
                                                 if hint else ""))
+    if not zipfile.is_zipfile(path):
+        raise UserError("%s: not an .npz file, or a truncated one; recreate it" % path)
     try:
         with np.load(path, allow_pickle=False) as f:
             return {key: f[key] for key in f.files}

@@ -1,0 +1,43 @@
+"""1-train-mnist.py: a short real run, and the weights it writes load back."""
+import subprocess
+import sys
+
+import lasagne
+import numpy as np
+import pytest
+
+import mnist_cnn
+from conftest import ROOT, load_script
+from stn.errors import UserError
+
+script = load_script("1-train-mnist.py")
+
+
+def test_short_run_learns_and_saves_loadable_weights(tmp_path):
+    output = tmp_path / "model.npz"
+    test_acc = script.main(epochs=1, train_size=3000, batch_size=100,
+                           output=str(output))
+    assert test_acc > 0.5  # chance is 0.1; one epoch on 3000 images gets far more
+    with np.load(output, allow_pickle=False) as f:
+        assert f.files == ["arr_%d" % i for i in range(8)]
+        values = [f["arr_%d" % i] for i in range(8)]
+    network = mnist_cnn.model(lasagne.layers.InputLayer((None, 1, 28, 28)))
+    lasagne.layers.set_all_param_values(network, values)
+    assert values[0].shape == (32, 1, 5, 5)
+
+
+def test_bad_output_directory_fails_before_training(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        script.main(output=str(tmp_path / "missing" / "model.npz"))
+
+
+def test_help_is_instant_and_bad_flags_are_one_line():
+    out = subprocess.run([sys.executable, "1-train-mnist.py", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0 and "(default: 500)" in out.stdout
+    for flag in (["--epochs", "0"], ["--batch-size", "-5"], ["--lr", "0"]):
+        out = subprocess.run([sys.executable, "1-train-mnist.py"] + flag, cwd=ROOT,
+                             capture_output=True, text=True, timeout=20)
+        assert out.returncode == 2
+        assert "error: argument %s" % flag[0] in out.stderr
+        assert "Traceback" not in out.stderr

@@ -1,0 +1,74 @@
+"""stn.backend: Theano flags, the Lasagne 0.1 shim, allocator tuning."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from conftest import ROOT
+
+
+def run_python(code, **env):
+    """Run ``code`` in a fresh interpreter with ``env`` added; return stdout."""
+    full_env = dict(os.environ, PYTHONPATH=ROOT, **env)
+    return subprocess.run([sys.executable, "-c", code], env=full_env, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def test_lasagne_imports_and_gets_transformer_layer():
+    import lasagne
+    from stn.layers import TransformerLayer
+    assert lasagne.layers.TransformerLayer is TransformerLayer
+
+
+def test_import_stn_does_not_load_theano():
+    out = run_python("import sys, stn; print('theano' in sys.modules)")
+    assert out.strip() == "False"
+
+
+def test_flags_default_to_float32_and_a_real_blas():
+    import theano
+    assert theano.config.floatX == "float32"
+    assert "openblas" in theano.config.blas.ldflags
+    assert theano.config.openmp
+
+
+def test_user_flags_are_kept():
+    out = run_python("import stn, theano; print(theano.config.floatX, "
+                     "repr(theano.config.blas.ldflags), theano.config.openmp)",
+                     THEANO_FLAGS="floatX=float64,blas.ldflags=")
+    assert out.split() == ["float64", "''", "False"]
+
+
+def test_theanorc_settings_are_kept(tmp_path):
+    rc = tmp_path / "theanorc"
+    rc.write_text("[global]\nfloatX = float64\n[blas]\nldflags =\n")
+    out = run_python("import stn, theano; print(theano.config.floatX, "
+                     "repr(theano.config.blas.ldflags))", THEANORC=str(rc), THEANO_FLAGS="")
+    assert out.split() == ["float64", "''"]
+
+
+def test_downsample_alias_pools_like_numpy():
+    import theano
+    import theano.tensor as T
+    import lasagne
+    x = T.tensor4()
+    layer = lasagne.layers.MaxPool2DLayer(lasagne.layers.InputLayer((None, 2, 6, 8), x), 2)
+    pooled = theano.function([x], lasagne.layers.get_output(layer))
+    images = np.random.RandomState(0).rand(3, 2, 6, 8).astype(np.float32)
+    expected = images.reshape(3, 2, 3, 2, 4, 2).max(axis=(3, 5))
+    np.testing.assert_array_equal(pooled(images), expected)
+
+
+def test_malloc_tuning_applied_and_can_be_turned_off():
+    code = "import stn.backend as b; print(b.malloc_tuned)"
+    assert run_python(code).strip() == "True"
+    assert run_python(code, STN_MALLOC_TUNING="0").strip() == "False"
+
+
+def test_python_312_is_refused_clearly(monkeypatch):
+    import pytest
+    from stn import backend
+    monkeypatch.setattr(sys, "version_info", (3, 12, 0))
+    with pytest.raises(SystemExit, match="Python 3.11"):
+        backend.configure()
