@@ -161,6 +161,10 @@ def atomic_path(path):
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
                                suffix=".tmp" + suffix, dir=directory)
     os.close(fd)
+    # mkstemp makes the file private; give it the permissions open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -187,3 +191,57 @@ def check_writable(path, flag="--output"):
                         % (flag, path, directory))
     if os.path.isdir(path):
         raise UserError("%s %s: is a directory; give a file name" % (flag, path))
+
+
+class NpzWriter:
+    """Write an ``.npz`` array by array, even chunk by chunk, atomically.
+
+    ``np.savez_compressed`` needs every array in memory at once; this writes the
+    same format while holding only one chunk, so a 3 GB dataset needs little RAM.
+
+        with NpzWriter(path) as npz:
+            npz.add("y_train", labels)
+            with npz.stream("X_train", (n, 784), np.float32) as write:
+                for chunk in chunks:
+                    write(chunk)
+    """
+
+    def __init__(self, path, compresslevel=1):
+        self.path, self.compresslevel = path, compresslevel
+
+    def __enter__(self):
+        self.atomic = atomic_path(self.path)
+        tmp = self.atomic.__enter__()
+        self.zip = zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED,
+                                   compresslevel=self.compresslevel)
+        return self
+
+    def __exit__(self, *exc):
+        self.zip.close()
+        return self.atomic.__exit__(*exc)
+
+    def add(self, name, array):
+        array = np.asarray(array)
+        with self.stream(name, array.shape, array.dtype) as write:
+            write(array)
+
+    @contextlib.contextmanager
+    def stream(self, name, shape, dtype):
+        """Yield ``write(chunk)``; the chunks, in order, must fill ``shape``."""
+        dtype = np.dtype(dtype)
+        expected = int(np.prod(shape)) * dtype.itemsize
+        written = [0]
+        with self.zip.open(name + ".npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, {
+                "descr": np.lib.format.dtype_to_descr(dtype),
+                "fortran_order": False, "shape": tuple(shape)})
+
+            def write(chunk):
+                chunk = np.ascontiguousarray(chunk, dtype)
+                f.write(memoryview(chunk).cast("B"))
+                written[0] += chunk.nbytes
+
+            yield write
+        if written[0] != expected:
+            raise ValueError("%s: wrote %d bytes, its shape needs %d"
+                             % (name, written[0], expected))
