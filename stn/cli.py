@@ -60,12 +60,13 @@ def parser(doc):
 
 
 def run(main, args):
-    """Call ``main(**vars(args))``; a UserError becomes one line and exit 2."""
+    """Call ``main(**vars(args))``; a UserError becomes one line on stderr and
+    its exit code (2 unless it sets ``exit_code``)."""
     try:
         return main(**vars(args))
     except UserError as e:
         sys.stderr.write("%s: error: %s\n" % (sys.argv[0].rsplit("/", 1)[-1], e))
-        raise SystemExit(2)
+        raise SystemExit(getattr(e, "exit_code", 2))
 
 
 class Progress:

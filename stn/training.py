@@ -1,5 +1,31 @@
-"""Training helpers shared by the scripts: minibatches and evaluation."""
+"""Training shared by the scripts: minibatches, and the STN scripts' epoch loop.
+
+``build_functions`` compiles the chapter's training and evaluation functions
+and ``fit`` runs its epoch loop: dropout ramp, learning-rate decay, early
+stopping, the per-epoch line, the results file, and a checkpoint after every
+epoch (and on Ctrl-C) that ``--resume`` continues exactly.
+"""
+import json
+import math
+import signal
+import sys
+import time
+
 import numpy as np
+
+from . import cli, data
+from .errors import UserError
+
+EPSILON = 1e-5         # added to the softmax output before the log, as the chapter
+CLIP_GRADIENT = 1.0    # each gradient element is clipped to +-1 ...
+MAX_NORM = 5.0         # ... then all of them rescaled to a total norm of at most 5
+DROPOUT_RAMP = 4       # dropout grows linearly to its value over epochs 0-4
+MIN_CROP = 16          # the smallest crop the MNIST CNN (two 5x5 convs and pools) reads
+
+
+class Interrupted(UserError):
+    """Ctrl-C: the run stopped cleanly after a batch and can be resumed."""
+    exit_code = 130
 
 
 def iterate_minibatches(n, batch_size, rng=None):
@@ -29,3 +55,366 @@ def evaluate(fn, X, y, batch_size):
         total_loss += float(loss) * len(idx)
         total_correct += float(correct)
     return total_loss / len(X), total_correct / len(X)
+
+
+# ---- The STN scripts' flags and driver ----
+
+def add_training_flags(parser, default_output):
+    """The flags of both STN scripts, with the chapter's names and defaults."""
+    add = parser.add_argument
+    add("-lr", "--lr", type=cli.positive_float, default=0.0005,
+        help="learning rate (default: %(default)s)")
+    add("-decayinterval", "--decayinterval", type=cli.positive_int, default=10,
+        help="epochs between learning-rate decays, see README (default: %(default)s)")
+    add("-decayfac", "--decayfac", type=cli.positive_float, default=1.5,
+        help="the learning rate is divided by this at each decay (default: %(default)s)")
+    add("-nodecay", "--nodecay", type=cli.nonnegative_int, default=30,
+        help="epochs before the first decay (default: %(default)s)")
+    add("-optimizer", "--optimizer", choices=("rmsprop", "adam"), default="rmsprop",
+        help="update rule (default: %(default)s)")
+    add("-dropout", "--dropout", type=cli.probability, default=0.0,
+        help="dropout before the dense layers, ramped up over epochs 0-4 "
+             "(default: %(default)s)")
+    add("-downsample", "--downsample", type=cli.positive_float, default=3.0,
+        help="the crop is the canvas side divided by this (default: %(default)s)")
+    add("--epochs", type=cli.positive_int, default=300,
+        help="maximum number of epochs (default: %(default)s)")
+    add("--patience", type=cli.positive_int, default=50,
+        help="stop after this many epochs without a validation gain "
+             "(default: %(default)s)")
+    add("--batch-size", type=cli.positive_int, default=100,
+        help="minibatch size (default: %(default)s)")
+    add("--train-eval", choices=("running", "full"), default="running",
+        help="'Acc Train' from the training batches as they are trained "
+             "(running), or from re-evaluating the whole training set every "
+             "epoch as the chapter does (full; slower) (default: %(default)s)")
+    add("--train-size", type=cli.positive_int, default=None,
+        help="train on the first N canvases only (default: all)")
+    add("--seed", type=int, default=1234, help="random seed (default: %(default)s)")
+    add("--output", default=default_output,
+        help="results file (default: %(default)s)")
+    add("--checkpoint", default=None,
+        help="checkpoint written every epoch (default: OUTPUT with .ckpt.npz)")
+    add("--resume", default=None, metavar="CHECKPOINT",
+        help="continue the run saved in CHECKPOINT, with its settings")
+
+
+def run_script(script, settings, create_data, nb_digits, build_model):
+    """What both STN scripts do around their network: check the settings, load
+    the data, build the network with ``build_model(dim, downsample, sh_drp)``,
+    compile, train.  With ``settings["resume"]`` the checkpoint's settings are
+    used instead of the others."""
+    resume = settings.pop("resume")
+    if resume:
+        settings = Run.settings_of(resume)
+    settings["script"] = script
+    settings["checkpoint"] = (settings["checkpoint"]
+                              or settings["output"].replace(".npz", "") + ".ckpt.npz")
+    data.check_writable(settings["output"])
+    data.check_writable(settings["checkpoint"], "--checkpoint")
+
+    dataset = data.load_sequences(settings["data"], nb_digits=nb_digits,
+                                  hint=create_data)
+    if settings["train_size"]:
+        for key in ("X_train", "y_train"):
+            dataset[key] = dataset[key][:settings["train_size"]]
+    dim = dataset["output_dim"]
+    if dim // settings["downsample"] < MIN_CROP:
+        raise UserError("-downsample %g: leaves a %d-pixel crop of the %d-pixel "
+                        "canvas; the classifier needs at least %d, so use at most %g"
+                        % (settings["downsample"], dim // settings["downsample"], dim,
+                           MIN_CROP, dim / float(MIN_CROP)))
+    for split in data.SPLITS:
+        print("%-5s  X %s  y %s" % (split, dataset["X_" + split].shape,
+                                    dataset["y_" + split].shape))
+
+    import lasagne
+    import theano
+    np.random.seed(settings["seed"])
+    lasagne.random.set_rng(np.random.RandomState(settings["seed"]))
+    sh_drp = theano.shared(lasagne.utils.floatX(0.0), name="dropout")
+    l_in, l_out, l_A_net, _ = build_model(dim, settings["downsample"], sh_drp)
+    print("Compiling the training and evaluation functions...")
+    train_fn, eval_fn, sh_lr = build_functions(
+        l_in.input_var, l_out, l_A_net, settings["optimizer"], settings["lr"])
+    results = fit(train_fn, eval_fn, sh_lr, sh_drp, dataset, settings, resume=resume)
+    print("Results in %s, checkpoint in %s" % (settings["output"],
+                                              settings["checkpoint"]))
+    return results
+
+
+# ---- The STN scripts' training and evaluation functions ----
+
+def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate):
+    """Compile the chapter's functions for a classifier reading ``num_steps`` crops.
+
+    ``l_out`` gives (batch * num_steps, 10) class probabilities, sample-major,
+    and ``l_A_net`` the matching (batch * num_steps, 6) transforms.  Returns
+    ``train_fn(X, y) -> (loss, probs)`` with y of shape (batch, num_steps),
+    ``eval_fn(X) -> (probs, A)`` and the shared learning rate.
+    """
+    import lasagne
+    import theano
+    import theano.tensor as T
+    target_var = T.imatrix("targets")
+    sh_lr = theano.shared(lasagne.utils.floatX(learning_rate), name="learning_rate")
+    output_train = lasagne.layers.get_output(l_out, input_var, deterministic=False)
+    output_eval, A_eval = lasagne.layers.get_output([l_out, l_A_net], input_var,
+                                                    deterministic=True)
+    cost = T.mean(T.nnet.categorical_crossentropy(output_train + EPSILON,
+                                                  target_var.flatten()))
+    params = lasagne.layers.get_all_params(l_out, trainable=True)
+    grads = [T.clip(g, -CLIP_GRADIENT, CLIP_GRADIENT) for g in T.grad(cost, params)]
+    grads = lasagne.updates.total_norm_constraint(grads, max_norm=MAX_NORM)
+    update = {"rmsprop": lasagne.updates.rmsprop, "adam": lasagne.updates.adam}[optimizer]
+    updates = update(grads, params, learning_rate=sh_lr)
+    train_fn = theano.function([input_var, target_var], [cost, output_train],
+                               updates=updates)
+    eval_fn = theano.function([input_var], [output_eval, A_eval])
+    return train_fn, eval_fn, sh_lr
+
+
+def predict(eval_fn, X, num_steps, batch_size):
+    """Class predictions (N, num_steps) of a whole set, and the last batch's outputs."""
+    preds = []
+    for idx in iterate_minibatches(len(X), batch_size):
+        probs, A = eval_fn(X[idx])
+        preds.append(probs.argmax(axis=-1).reshape(len(idx), num_steps))
+    return np.concatenate(preds).astype(np.int32), (idx, probs, A)
+
+
+def lr_decays(epoch, last_decay, nodecay, decayinterval):
+    """The chapter's schedule: after ``nodecay`` epochs, decay every
+    ``decayinterval + 2`` epochs (with the defaults: epochs 31, 43, 55...)."""
+    return epoch > nodecay and epoch - last_decay > decayinterval + 1
+
+
+# ---- Checkpoints ----
+
+def shared_state(fn):
+    """The values of every shared variable ``fn`` uses: parameters, optimizer
+    state, learning rate, dropout level and the dropout random streams."""
+    return [v.get_value() for v in fn.get_shared()]
+
+
+def set_shared_state(fn, values, path):
+    shared = fn.get_shared()
+    if len(shared) != len(values) or any(
+            np.shape(v.get_value()) != np.shape(value)
+            for v, value in zip(shared, values)):
+        raise UserError("%s: the checkpoint does not fit this network; was it "
+                        "written by the same script and data?" % path)
+    for v, value in zip(shared, values):
+        v.set_value(value)
+
+
+class Run:
+    """Everything ``fit`` needs to carry from epoch to epoch, and to a checkpoint."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.epoch = 0            # the epoch to run next
+        self.batch = 0            # batches of that epoch already trained
+        self.batch_loss = 0.0     # their summed loss
+        self.batch_correct = 0    # and correct digits
+        self.last_decay = -10**9
+        self.best_valid = -1.0
+        self.best_epoch = -1
+        self.best = {}            # the results arrays of the best epoch
+        self.history = {k: [] for k in ("epoch", "train_loss", "train_acc",
+                                        "valid_acc", "test_acc", "test_seq_acc",
+                                        "lr", "seconds")}
+        # The shuffling generator's state at the start of the current epoch.
+        self.epoch_rng_state = np.random.RandomState(settings["seed"]).get_state()
+
+    def save(self, path, train_fn):
+        arrays = {"settings": np.array(json.dumps(self.settings))}
+        for name in ("epoch", "batch", "batch_loss", "batch_correct", "last_decay",
+                     "best_valid", "best_epoch"):
+            arrays[name] = np.array(getattr(self, name))
+        for key, values in self.history.items():
+            arrays["history_" + key] = np.array(values)
+        for key, value in self.best.items():
+            arrays["best_" + key] = value
+        _, keys, pos, has_gauss, gauss = self.epoch_rng_state
+        arrays.update(rng_keys=keys, rng_pos=np.array(pos),
+                      rng_has_gauss=np.array(has_gauss), rng_gauss=np.array(gauss))
+        for i, value in enumerate(shared_state(train_fn)):
+            arrays["shared_%d" % i] = value
+        data.save_npz(path, **arrays)
+
+    @staticmethod
+    def settings_of(path):
+        """The settings a checkpoint was started with."""
+        ckpt = data.load_npz(path)
+        if "settings" not in ckpt:
+            raise UserError("%s: not a checkpoint of this project" % path)
+        return json.loads(str(ckpt["settings"]))
+
+    def restore(self, path, train_fn):
+        ckpt = data.load_npz(path)
+        for name in ("epoch", "batch", "batch_correct", "last_decay", "best_epoch"):
+            setattr(self, name, int(ckpt[name]))
+        self.batch_loss = float(ckpt["batch_loss"])
+        self.best_valid = float(ckpt["best_valid"])
+        for key in self.history:
+            self.history[key] = ckpt["history_" + key].tolist()
+        self.best = {k[5:]: v for k, v in ckpt.items() if k.startswith("best_")
+                     and k not in ("best_valid", "best_epoch")}
+        self.epoch_rng_state = ("MT19937", ckpt["rng_keys"], int(ckpt["rng_pos"]),
+                                int(ckpt["rng_has_gauss"]), float(ckpt["rng_gauss"]))
+        count = sum(1 for k in ckpt if k.startswith("shared_"))
+        set_shared_state(train_fn, [ckpt["shared_%d" % i] for i in range(count)], path)
+
+
+class StopFlag:
+    """The first Ctrl-C asks the loop to stop after the current batch; a second
+    one interrupts at once."""
+
+    def __init__(self):
+        self.raised = False
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        if self.raised:
+            raise KeyboardInterrupt
+        self.raised = True
+        sys.stderr.write("\nStopping after this batch (Ctrl-C again to abort now)\n")
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+
+
+# ---- The epoch loop ----
+
+def fit(train_fn, eval_fn, sh_lr, sh_drp, dataset, settings, resume=None):
+    """Train as the chapter: returns the results dict that is also saved.
+
+    ``dataset`` comes from ``data.load_sequences``; ``settings`` holds the
+    script's flags (epochs, batch_size, lr, decayinterval, decayfac, nodecay,
+    dropout, patience, train_eval, seed, output, checkpoint, script).
+    """
+    X_train, y_train = dataset["X_train"], dataset["y_train"]
+    num_steps = y_train.shape[1]
+    batch_size = settings["batch_size"]
+    if batch_size > len(X_train):
+        raise UserError("--batch-size %d: larger than the %d training canvases"
+                        % (batch_size, len(X_train)))
+    run = Run(settings)
+    if resume:
+        run.restore(resume, train_fn)
+        print("Resumed from %s at epoch %d, batch %d" % (resume, run.epoch, run.batch))
+    resume_hint = "python %s --resume %s" % (settings["script"], settings["checkpoint"])
+
+    with StopFlag() as stop:
+        while run.epoch < settings["epochs"]:
+            epoch = run.epoch
+            start_time = time.time()
+            sh_drp.set_value(np.float32(settings["dropout"]
+                                        * min(epoch, DROPOUT_RAMP) / DROPOUT_RAMP))
+            if run.batch == 0 and lr_decays(epoch, run.last_decay, settings["nodecay"],
+                                            settings["decayinterval"]):
+                sh_lr.set_value(np.float32(sh_lr.get_value() / settings["decayfac"]))
+                run.last_decay = epoch
+
+            # Train, resuming inside the epoch if a checkpoint stopped there.
+            rng = np.random.RandomState()
+            rng.set_state(run.epoch_rng_state)
+            batches = list(iterate_minibatches(len(X_train), batch_size, rng))
+            progress = cli.Progress(len(batches), "epoch %d" % epoch)
+            progress.update(run.batch)
+            for idx in batches[run.batch:]:
+                loss, probs = train_fn(X_train[idx], y_train[idx])
+                if not math.isfinite(float(loss)):
+                    progress.close()
+                    raise UserError(
+                        "the loss became %s at epoch %d; the last good results and "
+                        "checkpoint are kept (%s, %s): try a lower learning rate, "
+                        "e.g. -lr %g" % (float(loss), epoch, settings["output"],
+                                         settings["checkpoint"], settings["lr"] / 10))
+                run.batch += 1
+                run.batch_loss += float(loss)
+                run.batch_correct += int((probs.argmax(-1) == y_train[idx].ravel()).sum())
+                progress.update()
+                if stop.raised:
+                    progress.close()
+                    run.save(settings["checkpoint"], train_fn)
+                    raise Interrupted(
+                        "interrupted at epoch %d after batch %d/%d; results in %s, "
+                        "checkpoint in %s; resume with: %s"
+                        % (epoch, run.batch, len(batches), settings["output"],
+                           settings["checkpoint"], resume_hint))
+            progress.close()
+            train_loss = run.batch_loss / run.batch
+            train_acc = run.batch_correct / float(run.batch * batch_size * num_steps)
+
+            # Evaluate.  The chapter re-evaluates the whole training set; by
+            # default the accuracy of the training batches themselves is shown.
+            if settings["train_eval"] == "full":
+                train_preds, _ = predict(eval_fn, X_train, num_steps, batch_size)
+                train_acc = float((train_preds == y_train).mean())
+            valid_preds, _ = predict(eval_fn, dataset["X_valid"], num_steps, batch_size)
+            test_preds, (idx, probs, A) = predict(eval_fn, dataset["X_test"],
+                                                  num_steps, batch_size)
+            y_test = dataset["y_test"]
+            valid_acc = float((valid_preds == dataset["y_valid"]).mean())
+            test_acc = float((test_preds == y_test).mean())
+            test_seq_acc = float((test_preds == y_test).all(axis=1).mean())
+            line = "Epoch {} Acc Valid {}, Acc Train = {}, Acc Test = {}".format(
+                epoch, valid_acc, train_acc, test_acc)
+            if num_steps > 1:
+                line += ", Seq Acc Test = {}".format(test_seq_acc)
+            print(line)
+            sys.stdout.flush()
+
+            seconds = time.time() - start_time
+            for key, value in [("epoch", epoch), ("train_loss", train_loss),
+                               ("train_acc", train_acc), ("valid_acc", valid_acc),
+                               ("test_acc", test_acc), ("test_seq_acc", test_seq_acc),
+                               ("lr", float(sh_lr.get_value())), ("seconds", seconds)]:
+                run.history[key].append(value)
+            if valid_acc > run.best_valid:
+                run.best_valid, run.best_epoch = valid_acc, epoch
+                last = y_test[idx]
+                run.best = {
+                    "probs": probs, "preds": probs.argmax(-1).astype(np.int32),
+                    "x": dataset["X_test"][idx],
+                    "y": last.ravel() if num_steps == 1 else last,
+                    "A": A if num_steps == 1 else A.reshape(len(idx), num_steps, 6),
+                    "all_y": y_test.ravel() if num_steps == 1 else y_test,
+                    "all_preds": test_preds.ravel() if num_steps == 1 else test_preds}
+            run.epoch += 1
+            run.batch = run.batch_correct = 0
+            run.batch_loss = 0.0
+            run.epoch_rng_state = rng.get_state()
+            if settings["output"]:
+                save_results(settings["output"], run)
+            run.save(settings["checkpoint"], train_fn)
+            if epoch - run.best_epoch >= settings["patience"]:
+                print("Early stopping: no validation gain for %d epochs"
+                      % settings["patience"])
+                break
+
+    results = results_arrays(run)
+    print("Best epoch %d: Acc Valid %.4f, Acc Test %.4f"
+          % (run.best_epoch, run.best_valid, run.history["test_acc"][
+              run.history["epoch"].index(run.best_epoch)]))
+    return results
+
+
+def results_arrays(run):
+    """The results file's arrays: the chapter's keys, settings and history."""
+    arrays = dict(run.best)
+    arrays["settings"] = np.array(json.dumps(run.settings))
+    arrays["downsample"] = np.array(run.settings["downsample"], np.float32)
+    arrays["best_epoch"] = np.array(run.best_epoch)
+    for key, values in run.history.items():
+        arrays["history_" + key] = np.array(values)
+    return arrays
+
+
+def save_results(path, run):
+    data.save_npz(path, **results_arrays(run))
