@@ -193,6 +193,8 @@ class ShimFinder(importlib.abc.MetaPathFinder):
 
 
 def install_layers(lasagne_layers):
+    if "stn.layers" in sys.modules and not hasattr(sys.modules["stn.layers"], "install"):
+        return  # stn.layers is importing Lasagne; it installs itself when done
     from . import layers
     layers.install(lasagne_layers)
 

@@ -53,10 +53,16 @@ def probability(text):
     return value
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, pointing to --help."""
+
+    def error(self, message):
+        self.exit(2, "%s: error: %s (see --help)\n" % (self.prog, message))
+
+
 def parser(doc):
-    """An ArgumentParser whose description is the script's docstring."""
-    return argparse.ArgumentParser(
-        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """A Parser whose description is the script's docstring."""
+    return Parser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def run(main, args):

@@ -1,6 +1,7 @@
 """The layers the chapter uses that Lasagne 0.1 lacks: TransformerLayer, Repeat."""
 import theano
 import theano.tensor as T
+import lasagne.layers
 import lasagne.utils
 from lasagne.layers.base import Layer, MergeLayer
 
@@ -160,3 +161,5 @@ def install(lasagne_layers):
     if not hasattr(lasagne_layers, "TransformerLayer"):
         lasagne_layers.TransformerLayer = TransformerLayer
 
+
+install(lasagne.layers)

@@ -1,4 +1,4 @@
-"""Shared test helpers: load a top-level script as a module by its file name."""
+"""Shared test helpers: scripts loaded as modules, real data made small."""
 import importlib.util
 import os
 import sys
@@ -26,3 +26,23 @@ def mnist():
     """The real MNIST splits, loaded once."""
     from stn import data
     return data.load_mnist()
+
+
+def make_sequences(directory, nb_digits, output_dim, train_size=200):
+    """A small real dataset made by create_mnist_sequence.py."""
+    create = load_script("create_mnist_sequence.py")
+    return create.main(nb_digits=nb_digits, output_dim=output_dim,
+                       train_size=train_size, valid_size=50, test_size=50,
+                       output=str(directory / ("seq%d.npz" % nb_digits)))
+
+
+@pytest.fixture(scope="session")
+def sequences1(tmp_path_factory):
+    """A small 1-digit dataset of 60x60 canvases."""
+    return make_sequences(tmp_path_factory.mktemp("seq1"), 1, 60)
+
+
+@pytest.fixture(scope="session")
+def sequences3(tmp_path_factory):
+    """A small 3-digit dataset of 90x90 canvases."""
+    return make_sequences(tmp_path_factory.mktemp("seq3"), 3, 90)

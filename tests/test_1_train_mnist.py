@@ -41,3 +41,4 @@ def test_help_is_instant_and_bad_flags_are_one_line():
         assert out.returncode == 2
         assert "error: argument %s" % flag[0] in out.stderr
         assert "Traceback" not in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1

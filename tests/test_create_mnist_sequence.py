@@ -90,3 +90,4 @@ def test_bad_flags_are_one_line_errors(flags, message):
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

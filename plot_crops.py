@@ -1,0 +1,118 @@
+"""Draw what the spatial transformer looks at: its footprint on the canvas and its crops.
+
+Reads a results file of 2-stn-cnn-mnist.py or 3-recurrent-stn-mnist.py
+(res_test_2.npz, res_test_3.npz) and, for 5 random canvases of its stored test
+batch, draws one row each: the canvas with the outline of each transform's
+sampling grid (green, red, blue for steps 1-3), then each crop with its
+predicted class.  The crops are computed with the TransformerLayer's own
+mapping from the stored canvases and transforms:
+
+    python plot_crops.py res_test_2.npz            # writes res_test_2_crops.png
+    python plot_crops.py res_test_3.npz --n 8 --output crops3.png
+"""
+import os
+
+from stn import cli
+
+COLOURS = ("lime", "red", "deepskyblue", "yellow", "magenta", "cyan")
+REQUIRED = ("x", "A", "preds")
+
+
+def build_parser():
+    parser = cli.parser(__doc__)
+    parser.add_argument("file", help="results .npz")
+    parser.add_argument("--n", type=cli.positive_int, default=5,
+                        help="canvases to draw (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=111,
+                        help="which canvases are drawn (default: %(default)s)")
+    parser.add_argument("--output", default=None,
+                        help="PNG to write (default: FILE without .npz + _crops.png)")
+    parser.add_argument("--show", action="store_true",
+                        help="also open a window (default: headless)")
+    return parser
+
+
+def source_points(theta, out_height, out_width, height, width):
+    """Pixel coordinates (x, y), each (out_height, out_width), that the layer
+    samples for one 2x3 ``theta`` on a height x width canvas."""
+    import numpy as np
+    x_t, y_t = np.meshgrid(np.linspace(-1, 1, out_width), np.linspace(-1, 1, out_height))
+    grid = np.stack([x_t.ravel(), y_t.ravel(), np.ones(x_t.size)])
+    x_s, y_s = np.asarray(theta, np.float64).reshape(2, 3).dot(grid)
+    return ((x_s + 1) / 2 * (width - 1)).reshape(out_height, out_width), \
+           ((y_s + 1) / 2 * (height - 1)).reshape(out_height, out_width)
+
+
+def bilinear(image, x, y):
+    """Sample ``image`` at (x, y) as the layer does (border mode 'nearest')."""
+    import numpy as np
+    height, width = image.shape
+    x0, y0 = np.floor(x), np.floor(y)
+
+    def at(yi, xi):
+        return image[np.clip(yi, 0, height - 1).astype(int),
+                     np.clip(xi, 0, width - 1).astype(int)]
+
+    return ((x0 + 1 - x) * (y0 + 1 - y) * at(y0, x0) + (x0 + 1 - x) * (y - y0) * at(y0 + 1, x0)
+            + (x - x0) * (y0 + 1 - y) * at(y0, x0 + 1) + (x - x0) * (y - y0) * at(y0 + 1, x0 + 1))
+
+
+def main(file, n=5, seed=111, output=None, show=False):
+    """Write the picture; return its path."""
+    import numpy as np
+    from stn import data, plots
+    from stn.errors import UserError
+    output = output or "%s_crops.png" % os.path.splitext(file)[0]
+    data.check_writable(output)
+    res = data.load_npz(file, hint="python 2-stn-cnn-mnist.py (or "
+                        "3-recurrent-stn-mnist.py) --output %s" % file)
+    missing = [key for key in REQUIRED if key not in res]
+    if missing:
+        raise UserError("%s: lacks %s; give a results file of 2-stn-cnn-mnist.py or "
+                        "3-recurrent-stn-mnist.py" % (file, ", ".join(missing)))
+    canvases = res["x"]
+    if canvases.ndim == 2:  # flattened canvases, as some files store them
+        side = int(round(np.sqrt(canvases.shape[1])))
+        canvases = canvases.reshape(-1, side, side)
+    count, height, width = canvases.shape
+    A = res["A"].reshape(count, -1, 6)
+    steps = A.shape[1]
+    preds = res["preds"].reshape(count, steps)
+    downsample = float(res["downsample"]) if "downsample" in res else 3.0
+    out_height, out_width = int(height // downsample), int(width // downsample)
+
+    chosen = np.random.RandomState(seed).choice(count, min(n, count), replace=False)
+    plt = plots.pyplot(show)
+    fig, axes = plt.subplots(len(chosen), 1 + steps, squeeze=False,
+                             figsize=(2.6 * (1 + steps), 2.6 * len(chosen)))
+    for row, i in zip(axes, chosen):
+        row[0].imshow(canvases[i], cmap="gray", vmin=0, vmax=1)
+        for step in range(steps):
+            colour = COLOURS[step % len(COLOURS)]
+            x, y = source_points(A[i, step], out_height, out_width, height, width)
+            # The outline of the sampling grid: its four edges, in order.
+            edge_x = np.concatenate([x[0], x[:, -1], x[-1, ::-1], x[::-1, 0]])
+            edge_y = np.concatenate([y[0], y[:, -1], y[-1, ::-1], y[::-1, 0]])
+            row[0].plot(edge_x, edge_y, color=colour, linewidth=1.5)
+            row[1 + step].imshow(bilinear(canvases[i], x, y), cmap="gray",
+                                 vmin=0, vmax=1)
+            row[1 + step].set_title("step %d: %d" % (step + 1, preds[i, step]),
+                                    color="black")
+            for side in row[1 + step].spines.values():
+                side.set_edgecolor(colour)
+                side.set_linewidth(3)
+        row[0].set_xlim(-0.5, width - 0.5)
+        row[0].set_ylim(height - 0.5, -0.5)
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_title("canvas")
+    fig.suptitle("%s: %dx%d crops (downsample %g)" % (os.path.basename(file), out_height,
+                                                       out_width, downsample))
+    plots.save_figure(fig, output, show)
+    print("Wrote %s" % output)
+    return output
+
+
+if __name__ == "__main__":
+    cli.run(main, build_parser().parse_args())

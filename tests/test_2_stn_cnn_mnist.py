@@ -1,0 +1,107 @@
+"""2-stn-cnn-mnist.py: a real short run, its results file, faults and resume."""
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, load_script
+from stn import cli, data, training
+from stn.errors import UserError
+
+script = load_script("2-stn-cnn-mnist.py")
+TINY = dict(epochs=1, batch_size=50)
+
+
+def run(tmp_path, sequences, name="res.npz", **settings):
+    output = str(tmp_path / name)
+    results = script.main(data=sequences, output=output, **dict(TINY, **settings))
+    return output, results
+
+
+def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences1):
+    output, _ = run(tmp_path, sequences1)
+    res = data.load_npz(output)
+    assert res["probs"].shape == (50, 10) and res["preds"].shape == (50,)
+    assert res["x"].shape == (50, 60, 60) and res["y"].shape == (50,)
+    assert res["A"].shape == (50, 6)
+    assert res["all_y"].shape == (50,) and res["all_preds"].shape == (50,)
+    assert float(res["downsample"]) == 3.0
+    assert res["history_epoch"].tolist() == [0]
+    assert 0 <= res["history_test_acc"][0] <= 1
+    assert os.path.exists(str(tmp_path / "res.ckpt.npz"))
+
+
+def test_lr_schedule_is_the_chapters():
+    decays, last = [], -10**9
+    for epoch in range(70):
+        if training.lr_decays(epoch, last, nodecay=30, decayinterval=10):
+            decays.append(epoch)
+            last = epoch
+    assert decays == [31, 43, 55, 67]
+
+
+def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, sequences1, monkeypatch):
+    settings = dict(epochs=2, dropout=0.3)
+    straight, expected = run(tmp_path, sequences1, "a.npz", **settings)
+
+    # Press Ctrl-C during the third batch of epoch 0.
+    real_update = cli.Progress.update
+    calls = []
+
+    def update(self, n=1):
+        real_update(self, n)
+        calls.append(n)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(cli.Progress, "update", update)
+    with pytest.raises(training.Interrupted, match="resume with: python "
+                       "2-stn-cnn-mnist.py --resume .*b.ckpt.npz"):
+        run(tmp_path, sequences1, "b.npz", **settings)
+    monkeypatch.setattr(cli.Progress, "update", real_update)
+    resumed = script.main(resume=str(tmp_path / "b.ckpt.npz"))
+    for key in ("preds", "all_preds", "history_valid_acc", "history_test_acc"):
+        np.testing.assert_array_equal(resumed[key], expected[key])
+    np.testing.assert_allclose(resumed["A"], expected["A"], rtol=1e-5, atol=1e-6)
+
+
+def test_nan_loss_stops_and_keeps_the_previous_results(tmp_path, sequences1):
+    output = tmp_path / "res.npz"
+    data.save_npz(str(output), previous=np.arange(3))
+    before = output.read_bytes()
+    with pytest.raises(UserError, match="the loss became nan .*try a lower learning rate"):
+        run(tmp_path, sequences1, lr=1e30)
+    assert output.read_bytes() == before
+
+
+def test_data_that_does_not_fit(tmp_path, sequences3):
+    with pytest.raises(UserError, match="holds 3 digits per canvas, this script reads 1"):
+        run(tmp_path, sequences3)
+    with pytest.raises(UserError, match="no such file; create it with: python "
+                       "create_mnist_sequence.py --nb_digits 1"):
+        run(tmp_path, str(tmp_path / "missing.npz"))
+
+
+def test_downsample_too_large_is_refused_before_training(tmp_path, sequences1):
+    with pytest.raises(UserError, match="-downsample 4: leaves a 15-pixel crop"):
+        run(tmp_path, sequences1, downsample=4)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["-lr", "0"], "argument -lr/--lr: must be a positive number"),
+    (["--epochs", "0"], "argument --epochs: must be at least 1"),
+    (["--batch-size", "-1"], "argument --batch-size: must be at least 1"),
+    (["-optimizer", "sgd"], "argument -optimizer/--optimizer: invalid choice: 'sgd'"),
+    (["-downsample", "-2"], "argument -downsample/--downsample: must be a positive"),
+    (["--output", "/no/such/dir/res.npz"], "--output /no/such/dir/res.npz: the "
+                                           "directory /no/such/dir does not exist"),
+])
+def test_bad_flags_are_one_line_errors(flags, message):
+    out = subprocess.run([sys.executable, "2-stn-cnn-mnist.py"] + flags, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

@@ -1,0 +1,116 @@
+"""stn.layers: TransformerLayer against an independent SciPy sampler; Repeat."""
+import lasagne
+import numpy as np
+import pytest
+import theano
+import theano.tensor as T
+from scipy import ndimage
+
+from stn.layers import Repeat, TransformerLayer
+
+SCIPY_MODE = {"nearest": "nearest", "mirror": "mirror", "wrap": "grid-wrap"}
+
+
+def transformer(shape, downsample=1, border_mode="nearest"):
+    images, theta = T.tensor4("images"), T.matrix("theta")
+    layer = TransformerLayer(lasagne.layers.InputLayer(shape, images),
+                             lasagne.layers.InputLayer((None, 6), theta),
+                             downsample_factor=downsample, border_mode=border_mode)
+    fn = theano.function([images, theta], lasagne.layers.get_output(layer))
+    return layer, fn
+
+
+def reference(images, thetas, out_h, out_w, border_mode):
+    """The layer's definition, computed with NumPy coordinates and SciPy sampling."""
+    n, c, h, w = images.shape
+    x_t, y_t = np.meshgrid(np.linspace(-1, 1, out_w), np.linspace(-1, 1, out_h))
+    grid = np.stack([x_t.ravel(), y_t.ravel(), np.ones(x_t.size)])
+    out = np.empty((n, c, out_h, out_w))
+    for i in range(n):
+        x_s, y_s = thetas[i].reshape(2, 3).astype(np.float64).dot(grid)
+        coords = [(y_s + 1) / 2 * (h - 1), (x_s + 1) / 2 * (w - 1)]
+        for ch in range(c):
+            out[i, ch] = ndimage.map_coordinates(
+                images[i, ch].astype(np.float64), coords, order=1,
+                mode=SCIPY_MODE[border_mode]).reshape(out_h, out_w)
+    return out
+
+
+def random_inputs(n=3, c=2, h=13, w=17, seed=0):
+    rng = np.random.RandomState(seed)
+    images = rng.rand(n, c, h, w).astype(np.float32)
+    thetas = (np.array([1, 0, 0, 0, 1, 0]) + rng.uniform(-0.7, 0.7, (n, 6))).astype(np.float32)
+    return images, thetas
+
+
+def test_identity_reproduces_the_input():
+    images, _ = random_inputs()
+    _, fn = transformer((None, 2, 13, 17))
+    identity = np.tile(np.float32([1, 0, 0, 0, 1, 0]), (3, 1))
+    np.testing.assert_allclose(fn(images, identity), images, rtol=0, atol=1e-6)
+
+
+def test_translation_shifts_by_the_expected_pixels():
+    images, _ = random_inputs(w=11)
+    _, fn = transformer((None, 2, 13, 11))
+    # x_s = x_t + 0.4 reads 0.4 * (11 - 1) / 2 = 2 pixels further right.
+    shifted = fn(images, np.tile(np.float32([1, 0, 0.4, 0, 1, 0]), (3, 1)))
+    np.testing.assert_allclose(shifted[..., :-2], images[..., 2:], atol=1e-5)
+    # Past the right edge, 'nearest' repeats the last column.
+    np.testing.assert_allclose(shifted[..., -2:], images[..., -1:].repeat(2, -1), atol=1e-5)
+
+
+@pytest.mark.parametrize("downsample, expected", [
+    (1, (13, 17)), (3, (4, 5)), (3.0, (4, 5)), ((2, 4), (6, 4)), ((1.5, 2.5), (8, 6))])
+def test_output_shapes(downsample, expected):
+    images, thetas = random_inputs()
+    layer, fn = transformer((None, 2, 13, 17), downsample)
+    assert layer.output_shape == (None, 2) + expected
+    assert fn(images, thetas).shape == (3, 2) + expected
+    assert TransformerLayer((None, 1, 100, 100), (None, 6), 3).output_shape == (None, 1, 33, 33)
+
+
+@pytest.mark.parametrize("border_mode", ["nearest", "mirror", "wrap"])
+@pytest.mark.parametrize("downsample", [1, (2, 3)])
+def test_matches_an_independent_bilinear_sampler(border_mode, downsample):
+    images, thetas = random_inputs()
+    layer, fn = transformer((None, 2, 13, 17), downsample, border_mode)
+    out = fn(images, thetas)
+    expected = reference(images, thetas, out.shape[2], out.shape[3], border_mode)
+    np.testing.assert_allclose(out, expected, atol=2e-5)
+
+
+def test_gradients_with_respect_to_theta_and_input():
+    images, thetas = random_inputs(n=2, c=1, h=7, w=9, seed=3)
+
+    def apply(theta, images):
+        layer = TransformerLayer(lasagne.layers.InputLayer((None, 1, 7, 9), images),
+                                 lasagne.layers.InputLayer((None, 6), theta), 1)
+        return lasagne.layers.get_output(layer)
+
+    theano.gradient.verify_grad(apply, [thetas.astype(np.float64),
+                                        images.astype(np.float64)],
+                                rng=np.random.RandomState(1), eps=1e-4,
+                                abs_tol=1e-3, rel_tol=1e-3)
+
+
+def test_bad_construction_is_a_clear_value_error():
+    with pytest.raises(ValueError, match="border_mode must be one of"):
+        TransformerLayer((None, 1, 10, 10), (None, 6), border_mode="reflect")
+    with pytest.raises(ValueError, match=r"must output shape \(batch, 6\)"):
+        TransformerLayer((None, 1, 10, 10), (None, 4))
+    with pytest.raises(ValueError, match="must be 4-D"):
+        TransformerLayer((None, 10, 10), (None, 6))
+
+
+def test_repeat_shapes_and_order():
+    x = T.tensor3()
+    layer = Repeat(lasagne.layers.InputLayer((None, 4, 5), x), 3)
+    assert layer.output_shape == (None, 3, 4, 5)
+    values = np.random.RandomState(0).rand(2, 4, 5).astype(np.float32)
+    out = theano.function([x], lasagne.layers.get_output(layer))(values)
+    assert out.shape == (2, 3, 4, 5)
+    for step in range(3):
+        np.testing.assert_array_equal(out[:, step], values)
+    with pytest.raises(ValueError, match="at least 1"):
+        Repeat((None, 4), 0)

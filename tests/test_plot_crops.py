@@ -1,0 +1,46 @@
+"""plot_crops.py: the crops it draws are the layer's, and bad files fail clearly."""
+import numpy as np
+import pytest
+import theano
+import theano.tensor as T
+
+from conftest import load_script
+from stn import data
+from stn.errors import UserError
+from stn.layers import affine_transform
+
+script = load_script("plot_crops.py")
+
+
+def test_crops_match_the_transformer_layer():
+    rng = np.random.RandomState(0)
+    canvases = rng.rand(4, 1, 30, 30).astype(np.float32)
+    thetas = (np.float32([0.4, 0, 0.1, 0, 0.4, -0.2]) + rng.uniform(-0.3, 0.3, (4, 6))).astype(np.float32)
+    images, theta = T.tensor4(), T.matrix()
+    layer = theano.function([images, theta], affine_transform(theta, images, (3, 3), "nearest"))
+    expected = layer(canvases, thetas)
+    for i in range(4):
+        x, y = script.source_points(thetas[i], 10, 10, 30, 30)
+        np.testing.assert_allclose(script.bilinear(canvases[i, 0], x, y), expected[i, 0],
+                                   atol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_writes_png_for_one_and_three_steps(tmp_path, steps):
+    rng = np.random.RandomState(1)
+    path = str(tmp_path / "res.npz")
+    A = np.tile(np.float32([0.3, 0, 0, 0, 0.3, 0]), (20 * steps, 1))
+    data.save_npz(path, x=rng.rand(20, 60, 60).astype(np.float32),
+                  A=A if steps == 1 else A.reshape(20, steps, 6),
+                  preds=np.zeros(20 * steps, np.int32), downsample=np.float32(2))
+    png = script.main(path)
+    assert png == str(tmp_path / "res_crops.png")
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_results_file_without_the_needed_keys(tmp_path):
+    path = str(tmp_path / "res.npz")
+    data.save_npz(path, x=np.zeros((2, 30, 30), np.float32))
+    with pytest.raises(UserError, match="lacks A, preds; give a results file"):
+        script.main(path)
