@@ -1,4 +1,6 @@
 """The layers the chapter uses that Lasagne 0.1 lacks: TransformerLayer, Repeat."""
+import sys
+
 import theano
 import theano.tensor as T
 import lasagne.layers
@@ -162,4 +164,5 @@ def install(lasagne_layers):
         lasagne_layers.TransformerLayer = TransformerLayer
 
 
-install(lasagne.layers)
+# Lasagne may still be importing (this module can be loaded by its import hook).
+install(sys.modules["lasagne.layers"])
