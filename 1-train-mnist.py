@@ -36,6 +36,33 @@ def build_parser():
     return parser
 
 
+def build_functions(learning_rate):
+    """The chapter's network and its functions: ``train_fn(X, y) -> loss`` (one
+    nesterov momentum step) and ``val_fn(X, y) -> (loss, correct count)``."""
+    import lasagne
+    import theano
+    import theano.tensor as T
+    import mnist_cnn
+    input_var = T.tensor4("inputs")
+    target_var = T.ivector("targets")
+    l_in = lasagne.layers.InputLayer((None, 1, 28, 28), input_var)
+    network = mnist_cnn.model(l_in)
+
+    prediction = lasagne.layers.get_output(network)
+    loss = lasagne.objectives.categorical_crossentropy(prediction, target_var).mean()
+    params = lasagne.layers.get_all_params(network, trainable=True)
+    updates = lasagne.updates.nesterov_momentum(loss, params,
+                                                learning_rate=learning_rate,
+                                                momentum=0.9)
+    test_prediction = lasagne.layers.get_output(network, deterministic=True)
+    test_loss = lasagne.objectives.categorical_crossentropy(test_prediction,
+                                                            target_var).mean()
+    test_correct = T.sum(T.eq(T.argmax(test_prediction, axis=1), target_var))
+    train_fn = theano.function([input_var, target_var], loss, updates=updates)
+    val_fn = theano.function([input_var, target_var], [test_loss, test_correct])
+    return network, train_fn, val_fn
+
+
 def main(epochs=30, batch_size=500, learning_rate=0.01, seed=1234, mnist=None,
          train_size=None, output="model.npz"):
     """Train, print the chapter's per-epoch block, save ``output``; return test accuracy."""
@@ -54,32 +81,12 @@ def main(epochs=30, batch_size=500, learning_rate=0.01, seed=1234, mnist=None,
     print("Loaded MNIST: train %s, valid %s, test %s"
           % (X_train.shape, X_val.shape, X_test.shape))
 
-    # ---- Model ----
+    # ---- Model and functions ----
     import lasagne
-    import theano
-    import theano.tensor as T
-    import mnist_cnn
     np.random.seed(seed)
     lasagne.random.set_rng(np.random.RandomState(seed))
-    input_var = T.tensor4("inputs")
-    target_var = T.ivector("targets")
-    l_in = lasagne.layers.InputLayer((None, 1, 28, 28), input_var)
-    network = mnist_cnn.model(l_in)
-
-    # ---- Training and evaluation functions ----
-    prediction = lasagne.layers.get_output(network)
-    loss = lasagne.objectives.categorical_crossentropy(prediction, target_var).mean()
-    params = lasagne.layers.get_all_params(network, trainable=True)
-    updates = lasagne.updates.nesterov_momentum(loss, params,
-                                                learning_rate=learning_rate,
-                                                momentum=0.9)
-    test_prediction = lasagne.layers.get_output(network, deterministic=True)
-    test_loss = lasagne.objectives.categorical_crossentropy(test_prediction,
-                                                            target_var).mean()
-    test_correct = T.sum(T.eq(T.argmax(test_prediction, axis=1), target_var))
     print("Compiling the training and evaluation functions...")
-    train_fn = theano.function([input_var, target_var], loss, updates=updates)
-    val_fn = theano.function([input_var, target_var], [test_loss, test_correct])
+    network, train_fn, val_fn = build_functions(learning_rate)
 
     # ---- Training loop ----
     rng = np.random.RandomState(seed)

@@ -30,8 +30,9 @@ def build_parser():
     return parser
 
 
-def build_model(dim, downsample, sh_drp):
-    """The chapter's network; returns (l_in, l_out, l_A_net, l_transform)."""
+def build_model(dim, num_steps, downsample, sh_drp):
+    """The chapter's network for ``dim`` x ``dim`` canvases holding ``num_steps``
+    digit (one, here); returns (l_in, l_out, l_A_net, l_transform)."""
     import lasagne
     import numpy as np
     import mnist_cnn

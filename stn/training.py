@@ -101,7 +101,8 @@ def add_training_flags(parser, default_output):
 
 def run_script(script, settings, create_data, nb_digits, build_model):
     """What both STN scripts do around their network: check the settings, load
-    the data, build the network with ``build_model(dim, downsample, sh_drp)``,
+    the data, build the network with
+    ``build_model(dim, num_steps, downsample, sh_drp)``,
     compile, train.  With ``settings["resume"]`` the checkpoint's settings are
     used instead of the others."""
     resume = settings.pop("resume")
@@ -133,7 +134,8 @@ def run_script(script, settings, create_data, nb_digits, build_model):
     np.random.seed(settings["seed"])
     lasagne.random.set_rng(np.random.RandomState(settings["seed"]))
     sh_drp = theano.shared(lasagne.utils.floatX(0.0), name="dropout")
-    l_in, l_out, l_A_net, _ = build_model(dim, settings["downsample"], sh_drp)
+    num_steps = dataset["y_train"].shape[1]
+    l_in, l_out, l_A_net, _ = build_model(dim, num_steps, settings["downsample"], sh_drp)
     print("Compiling the training and evaluation functions...")
     train_fn, eval_fn, sh_lr = build_functions(
         l_in.input_var, l_out, l_A_net, settings["optimizer"], settings["lr"])
