@@ -1,0 +1,67 @@
+"""3-recurrent-stn-mnist.py: step ordering of the transforms and crops, a short run."""
+import lasagne
+import numpy as np
+import theano
+import theano.tensor as T
+
+from conftest import load_script
+from stn import data
+from stn.layers import affine_transform
+
+script = load_script("3-recurrent-stn-mnist.py")
+DIM, STEPS = 40, 3
+
+
+def model():
+    sh_drp = theano.shared(lasagne.utils.floatX(0.0))
+    return script.build_model(DIM, STEPS, 2.0, sh_drp)
+
+
+def test_transforms_are_canvas_major_and_differ_by_step():
+    l_in, l_out, l_A_net, _ = model()
+    l_A_net.W.set_value(np.random.RandomState(0).normal(0, 0.05, l_A_net.W.get_value().shape)
+                        .astype(np.float32))
+    A_fn = theano.function([l_in.input_var],
+                           lasagne.layers.get_output(l_A_net, deterministic=True))
+    rng = np.random.RandomState(1)
+    canvases = rng.rand(3, DIM, DIM).astype(np.float32)
+    canvases[1] = canvases[0]
+    A = A_fn(canvases).reshape(3, STEPS, 6)
+    np.testing.assert_allclose(A[0], A[1], rtol=1e-5)   # rows 0-2 and 3-5: equal canvases
+    assert np.abs(A[0] - A[2]).max() > 1e-4             # another canvas, other transforms
+    assert np.abs(A[0, 0] - A[0, 1]).max() > 1e-4       # the GRU moves between steps
+
+
+def test_crop_k_of_canvas_i_comes_from_canvas_i():
+    l_in, _, l_A_net, l_transform = model()
+    theta = T.matrix()
+    crops_fn = theano.function([l_in.input_var, theta], lasagne.layers.get_output(
+        l_transform, {l_A_net: theta}, deterministic=True))
+    rng = np.random.RandomState(2)
+    canvases = rng.rand(4, DIM, DIM).astype(np.float32)
+    # Hand-set transforms: step k looks at a different third of the canvas.
+    thetas = np.array([[0.3, 0, -0.6 + 0.6 * k, 0, 0.5, 0.1 * i]
+                       for i in range(4) for k in range(STEPS)], np.float32)
+    crops = crops_fn(canvases, thetas)
+    assert crops.shape == (4 * STEPS, 1, DIM // 2, DIM // 2)
+    images, th = T.tensor4(), T.matrix()
+    one = theano.function([images, th], affine_transform(th, images, (2, 2), "nearest"))
+    for i in range(4):
+        for k in range(STEPS):
+            expected = one(canvases[i][None, None], thetas[i * STEPS + k][None])
+            np.testing.assert_allclose(crops[i * STEPS + k], expected[0], atol=1e-6)
+
+
+def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences3):
+    output = str(tmp_path / "res3.npz")
+    script.main(data=sequences3, output=output, epochs=1, batch_size=25)
+    res = data.load_npz(output)
+    assert res["probs"].shape == (75, 10) and res["preds"].shape == (75,)
+    assert res["x"].shape == (25, 90, 90) and res["y"].shape == (25, 3)
+    assert res["A"].shape == (25, 3, 6)
+    assert res["all_y"].shape == (50, 3) and res["all_preds"].shape == (50, 3)
+    assert len(res["history_test_seq_acc"]) == 1
+    plot = load_script("plot_crops.py")
+    png = plot.main(output)
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
