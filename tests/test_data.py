@@ -120,12 +120,16 @@ def test_load_sequences_checks_keys_shapes_and_digits(tmp_path):
         data.load_sequences(path)
 
 
-def test_check_writable(tmp_path):
+def test_check_writable(tmp_path, monkeypatch):
     data.check_writable(str(tmp_path / "out.npz"))
     with pytest.raises(UserError, match="--output .*does not exist"):
         data.check_writable(str(tmp_path / "no" / "out.npz"))
     with pytest.raises(UserError, match="is a directory"):
         data.check_writable(str(tmp_path))
+    # Tests run as root, who may write anywhere: pretend the directory is read-only.
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(UserError, match="--output .*out.npz: cannot write to"):
+        data.check_writable(str(tmp_path / "out.npz"))
 
 
 def test_killed_writer_leaves_previous_file_intact(tmp_path):
