@@ -57,14 +57,15 @@ def build_model(dim, num_steps, downsample, sh_drp):
     return l_in, l_out, l_A_net, l_transform
 
 
-def main(data=DEFAULT_DATA, lr=0.0005, decayinterval=10, decayfac=1.5, nodecay=30,
-         optimizer="rmsprop", dropout=0.0, downsample=3.0, epochs=300, patience=50,
-         batch_size=100, train_eval="running", train_size=None, seed=1234,
-         output="res_test_2.npz", checkpoint=None, resume=None):
-    """Train; write ``output`` and the checkpoint; return the results arrays."""
-    settings = dict(locals())
-    return training.run_script("2-stn-cnn-mnist.py", settings, CREATE_DATA, 1,
-                               build_model)
+def main(data=DEFAULT_DATA, output="res_test_2.npz", **settings):
+    """Train; write ``output`` and its checkpoint; return the results arrays.
+
+    ``settings`` are the other flags by name (lr=0.0005, epochs=300, ...; see
+    ``--help``); those left out take their defaults.
+    """
+    return training.run_script("2-stn-cnn-mnist.py",
+                               dict(settings, data=data, output=output),
+                               CREATE_DATA, 1, build_model)
 
 
 if __name__ == "__main__":

@@ -9,48 +9,26 @@ import time
 from .errors import UserError
 
 
-def positive_int(text):
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not an integer" % text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1, not %d" % value)
-    return value
+def flag_type(convert, accept, requirement):
+    """An argparse type: ``convert`` the text, then insist on ``accept(value)``."""
+    kind = "an integer" if convert is int else "a number"
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("%r is not %s" % (text, kind))
+        if not accept(value):
+            raise argparse.ArgumentTypeError("must be %s, not %s" % (requirement, text))
+        return value
+
+    return parse
 
 
-def nonnegative_int(text):
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not an integer" % text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more, not %d" % value)
-    return value
-
-
-def positive_float(text):
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a number" % text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError("must be a positive number, not %s" % text)
-    return value
-
-
-def probability(text):
-    """argparse type: a number in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a number" % text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError("must be in [0, 1), not %s" % text)
-    return value
+positive_int = flag_type(int, lambda v: v >= 1, "at least 1")
+nonnegative_int = flag_type(int, lambda v: v >= 0, "0 or more")
+positive_float = flag_type(float, lambda v: 0 < v < float("inf"), "a positive number")
+probability = flag_type(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 class Parser(argparse.ArgumentParser):

@@ -99,12 +99,24 @@ def add_training_flags(parser, default_output):
         help="continue the run saved in CHECKPOINT, with its settings")
 
 
+def default_settings():
+    """The training flags' defaults, by their names (lr, decayinterval, ...)."""
+    parser = cli.parser(None)
+    add_training_flags(parser, None)
+    return vars(parser.parse_args([]))
+
+
 def run_script(script, settings, create_data, nb_digits, build_model):
     """What both STN scripts do around their network: check the settings, load
     the data, build the network with
     ``build_model(dim, num_steps, downsample, sh_drp)``,
     compile, train.  With ``settings["resume"]`` the checkpoint's settings are
-    used instead of the others."""
+    used instead of the others.  Settings left out take the flags' defaults."""
+    defaults = default_settings()
+    unknown = set(settings) - set(defaults) - {"data"}
+    if unknown:
+        raise TypeError("unknown settings: %s" % ", ".join(sorted(unknown)))
+    settings = dict(defaults, **settings)
     resume = settings.pop("resume")
     if resume:
         settings = Run.settings_of(resume)
