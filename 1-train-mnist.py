@@ -36,6 +36,20 @@ def build_parser():
     return parser
 
 
+def evaluate(fn, X, y, batch_size):
+    """Run ``fn(X_batch, y_batch) -> (loss, correct)`` over a whole set.
+
+    Returns the mean loss and the accuracy, each weighted by batch size.
+    """
+    from stn.training import iterate_minibatches
+    total_loss = total_correct = 0.0
+    for idx in iterate_minibatches(len(X), batch_size):
+        loss, correct = fn(X[idx], y[idx])
+        total_loss += float(loss) * len(idx)
+        total_correct += float(correct)
+    return total_loss / len(X), total_correct / len(X)
+
+
 def build_functions(learning_rate):
     """The chapter's network and its functions: ``train_fn(X, y) -> loss`` (one
     nesterov momentum step) and ``val_fn(X, y) -> (loss, correct count)``."""
@@ -100,7 +114,7 @@ def main(epochs=30, batch_size=500, learning_rate=0.01, seed=1234, mnist=None,
             train_batches += 1
             progress.update()
         progress.close()
-        val_loss, val_acc = training.evaluate(val_fn, X_val, y_val, batch_size)
+        val_loss, val_acc = evaluate(val_fn, X_val, y_val, batch_size)
         print("Epoch {} of {} took {:.3f}s".format(epoch + 1, epochs,
                                                     time.time() - start_time))
         print("  training loss:\t\t{:.6f}".format(train_err / train_batches))
@@ -108,7 +122,7 @@ def main(epochs=30, batch_size=500, learning_rate=0.01, seed=1234, mnist=None,
         print("  validation accuracy:\t\t{:.2f} %".format(val_acc * 100))
         sys.stdout.flush()
 
-    test_loss_value, test_acc = training.evaluate(val_fn, X_test, y_test, batch_size)
+    test_loss_value, test_acc = evaluate(val_fn, X_test, y_test, batch_size)
     print("Final results:")
     print("  test loss:\t\t\t{:.6f}".format(test_loss_value))
     print("  test accuracy:\t\t{:.2f} %".format(test_acc * 100))

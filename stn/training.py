@@ -44,19 +44,6 @@ def iterate_minibatches(n, batch_size, rng=None):
             yield np.arange(start, min(start + batch_size, n))
 
 
-def evaluate(fn, X, y, batch_size):
-    """Run ``fn(X_batch, y_batch) -> (loss, correct)`` over a whole set.
-
-    Returns the mean loss and the accuracy, each weighted by batch size.
-    """
-    total_loss = total_correct = 0.0
-    for idx in iterate_minibatches(len(X), batch_size):
-        loss, correct = fn(X[idx], y[idx])
-        total_loss += float(loss) * len(idx)
-        total_correct += float(correct)
-    return total_loss / len(X), total_correct / len(X)
-
-
 # ---- The STN scripts' flags and driver ----
 
 def add_training_flags(parser, default_output):
@@ -249,7 +236,7 @@ class Run:
         for key, values in self.history.items():
             arrays["history_" + key] = np.array(values)
         for key, value in self.best.items():
-            arrays["best_" + key] = value
+            arrays["result_" + key] = value
         _, keys, pos, has_gauss, gauss = self.epoch_rng_state
         arrays.update(rng_keys=keys, rng_pos=np.array(pos),
                       rng_has_gauss=np.array(has_gauss), rng_gauss=np.array(gauss))
@@ -273,8 +260,8 @@ class Run:
         self.best_valid = float(ckpt["best_valid"])
         for key in self.history:
             self.history[key] = ckpt["history_" + key].tolist()
-        self.best = {k[5:]: v for k, v in ckpt.items() if k.startswith("best_")
-                     and k not in ("best_valid", "best_epoch")}
+        self.best = {k[len("result_"):]: v for k, v in ckpt.items()
+                     if k.startswith("result_")}
         self.epoch_rng_state = ("MT19937", ckpt["rng_keys"], int(ckpt["rng_pos"]),
                                 int(ckpt["rng_has_gauss"]), float(ckpt["rng_gauss"]))
         count = sum(1 for k in ckpt if k.startswith("shared_"))
