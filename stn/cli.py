@@ -44,12 +44,14 @@ def parser(doc):
 
 
 def run(main, args):
-    """Call ``main(**vars(args))``; a UserError becomes one line on stderr and
-    its exit code (2 unless it sets ``exit_code``)."""
+    """Call ``main(**vars(args))``; a UserError becomes one line on stderr,
+    "prog: error: message", and exit code 2 (a subclass may set ``label`` and
+    ``exit_code``)."""
     try:
         return main(**vars(args))
     except UserError as e:
-        sys.stderr.write("%s: error: %s\n" % (sys.argv[0].rsplit("/", 1)[-1], e))
+        sys.stderr.write("%s: %s: %s\n" % (sys.argv[0].rsplit("/", 1)[-1],
+                                             getattr(e, "label", "error"), e))
         raise SystemExit(getattr(e, "exit_code", 2))
 
 

@@ -25,6 +25,7 @@ MIN_CROP = 16          # the smallest crop the MNIST CNN (two 5x5 convs and pool
 
 class Interrupted(UserError):
     """Ctrl-C: the run stopped cleanly after a batch and can be resumed."""
+    label = "stopped"
     exit_code = 130
 
 
