@@ -84,7 +84,8 @@ def main(file, n=5, seed=111, output=None, show=False):
     chosen = np.random.RandomState(seed).choice(count, min(n, count), replace=False)
     plt = plots.pyplot(show)
     fig, axes = plt.subplots(len(chosen), 1 + steps, squeeze=False,
-                             figsize=(2.6 * (1 + steps), 2.6 * len(chosen)))
+                             figsize=(2.6 * (1 + steps), 2.6 * len(chosen)),
+                             layout="constrained")
     for row, i in zip(axes, chosen):
         row[0].imshow(canvases[i], cmap="gray", vmin=0, vmax=1)
         for step in range(steps):

@@ -42,7 +42,7 @@ def main(file, split="train", n=10, output=None, show=False):
     columns = min(len(X), 5)
     rows = -(-len(X) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, canvas, labels in zip(axes.flat, X, y):
