@@ -10,6 +10,7 @@ Training is nesterov momentum (lr 0.01, momentum 0.9) on minibatches of 500.
 Expect over 99.3% test accuracy; see README.md for the measured run and its time
 on a 2-core machine.  For a quick look, --epochs 2 --train-size 5000.
 """
+import math
 import sys
 import time
 
@@ -103,24 +104,40 @@ def main(epochs=30, batch_size=500, learning_rate=0.01, seed=1234, mnist=None,
     network, train_fn, val_fn = build_functions(learning_rate)
 
     # ---- Training loop ----
+    # Ctrl-C stops after the current batch; the weights trained so far are
+    # then tested and saved.
     rng = np.random.RandomState(seed)
     print("Starting training...")
-    for epoch in range(epochs):
-        start_time = time.time()
-        train_err = train_batches = 0
-        progress = cli.Progress(len(X_train) // batch_size, "epoch %d" % (epoch + 1))
-        for idx in training.iterate_minibatches(len(X_train), batch_size, rng):
-            train_err += float(train_fn(X_train[idx], y_train[idx]))
-            train_batches += 1
-            progress.update()
-        progress.close()
-        val_loss, val_acc = evaluate(val_fn, X_val, y_val, batch_size)
-        print("Epoch {} of {} took {:.3f}s".format(epoch + 1, epochs,
-                                                    time.time() - start_time))
-        print("  training loss:\t\t{:.6f}".format(train_err / train_batches))
-        print("  validation loss:\t\t{:.6f}".format(val_loss))
-        print("  validation accuracy:\t\t{:.2f} %".format(val_acc * 100))
-        sys.stdout.flush()
+    with training.StopFlag() as stop:
+        for epoch in range(epochs):
+            start_time = time.time()
+            train_err = train_batches = 0
+            progress = cli.Progress(len(X_train) // batch_size, "epoch %d" % (epoch + 1))
+            for idx in training.iterate_minibatches(len(X_train), batch_size, rng):
+                err = float(train_fn(X_train[idx], y_train[idx]))
+                if not math.isfinite(err):
+                    progress.close()
+                    raise cli.UserError(
+                        "the loss became %s at epoch %d; %s was not written: try a "
+                        "lower learning rate, e.g. --lr %g"
+                        % (err, epoch + 1, output, learning_rate / 10))
+                train_err += err
+                train_batches += 1
+                progress.update()
+                if stop.raised:
+                    break
+            progress.close()
+            if stop.raised:
+                print("Stopped by Ctrl-C in epoch %d: testing and saving the weights "
+                      "trained so far" % (epoch + 1))
+                break
+            val_loss, val_acc = evaluate(val_fn, X_val, y_val, batch_size)
+            print("Epoch {} of {} took {:.3f}s".format(epoch + 1, epochs,
+                                                        time.time() - start_time))
+            print("  training loss:\t\t{:.6f}".format(train_err / train_batches))
+            print("  validation loss:\t\t{:.6f}".format(val_loss))
+            print("  validation accuracy:\t\t{:.2f} %".format(val_acc * 100))
+            sys.stdout.flush()
 
     test_loss_value, test_acc = evaluate(val_fn, X_test, y_test, batch_size)
     print("Final results:")

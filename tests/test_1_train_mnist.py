@@ -1,4 +1,6 @@
 """1-train-mnist.py: a short real run, and the weights it writes load back."""
+import os
+import signal
 import subprocess
 import sys
 
@@ -24,6 +26,32 @@ def test_short_run_learns_and_saves_loadable_weights(tmp_path):
     network = mnist_cnn.model(lasagne.layers.InputLayer((None, 1, 28, 28)))
     lasagne.layers.set_all_param_values(network, values)
     assert values[0].shape == (32, 1, 5, 5)
+
+
+def test_ctrl_c_saves_the_weights_trained_so_far(tmp_path, monkeypatch):
+    from stn import cli
+
+    real_update = cli.Progress.update
+
+    def update(self, n=1):
+        real_update(self, n)
+        if self.done == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(cli.Progress, "update", update)
+    output = tmp_path / "model.npz"
+    test_acc = script.main(epochs=3, train_size=1000, batch_size=100, output=str(output))
+    assert 0 <= test_acc <= 1
+    with np.load(output, allow_pickle=False) as f:
+        assert len(f.files) == 8
+
+
+def test_nan_loss_is_a_clear_error_and_writes_nothing(tmp_path):
+    output = tmp_path / "model.npz"
+    with pytest.raises(UserError, match="the loss became nan .*try a lower learning rate"):
+        script.main(epochs=1, train_size=1000, batch_size=100, learning_rate=1e30,
+                    output=str(output))
+    assert not output.exists()
 
 
 def test_bad_output_directory_fails_before_training(tmp_path):
