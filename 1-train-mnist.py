@@ -34,6 +34,11 @@ def build_parser():
                         help="train on the first N images only (default: all 50000)")
     parser.add_argument("--output", default="model.npz",
                         help="where to save the weights (default: %(default)s)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint written every epoch (default: OUTPUT with "
+                             ".ckpt.npz)")
+    parser.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                        help="continue the run saved in CHECKPOINT, with its settings")
     return parser
 
 
@@ -79,12 +84,27 @@ def build_functions(learning_rate):
 
 
 def main(epochs=30, batch_size=500, learning_rate=0.01, seed=1234, mnist=None,
-         train_size=None, output="model.npz"):
-    """Train, print the chapter's per-epoch block, save ``output``; return test accuracy."""
+         train_size=None, output="model.npz", checkpoint=None, resume=None):
+    """Train, print the chapter's per-epoch block, save ``output``; return test accuracy.
+
+    A checkpoint is written after every epoch; ``resume`` continues from one,
+    with the settings it was started with.
+    """
     # Settings first: check the output before an hour of training.
     import numpy as np
     from stn import data, training
+    if resume:
+        stored = training.checkpoint_settings(resume)
+        (epochs, batch_size, learning_rate, seed, mnist, train_size, output,
+         checkpoint) = (stored[k] for k in ("epochs", "batch_size", "learning_rate",
+                                            "seed", "mnist", "train_size", "output",
+                                            "checkpoint"))
+    checkpoint = checkpoint or output.replace(".npz", "") + ".ckpt.npz"
+    settings = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                    seed=seed, mnist=mnist, train_size=train_size, output=output,
+                    checkpoint=checkpoint)
     data.check_writable(output)
+    data.check_writable(checkpoint, "--checkpoint")
 
     # ---- Data ----
     X_train, y_train, X_val, y_val, X_test, y_test = data.load_mnist(mnist)
@@ -105,11 +125,17 @@ def main(epochs=30, batch_size=500, learning_rate=0.01, seed=1234, mnist=None,
 
     # ---- Training loop ----
     # Ctrl-C stops after the current batch; the weights trained so far are
-    # then tested and saved.
+    # then tested and saved, and the checkpoint of the last whole epoch stays.
     rng = np.random.RandomState(seed)
+    first_epoch = 0
+    if resume:
+        rng_state, state = training.load_checkpoint(resume, train_fn)
+        rng.set_state(rng_state)
+        first_epoch = int(state["epoch"])
+        print("Resumed from %s after epoch %d" % (resume, first_epoch))
     print("Starting training...")
     with training.StopFlag() as stop:
-        for epoch in range(epochs):
+        for epoch in range(first_epoch, epochs):
             start_time = time.time()
             train_err = train_batches = 0
             progress = cli.Progress(len(X_train) // batch_size, "epoch %d" % (epoch + 1))
@@ -129,7 +155,8 @@ def main(epochs=30, batch_size=500, learning_rate=0.01, seed=1234, mnist=None,
             progress.close()
             if stop.raised:
                 print("Stopped by Ctrl-C in epoch %d: testing and saving the weights "
-                      "trained so far" % (epoch + 1))
+                      "trained so far; to go on from the end of epoch %d instead: "
+                      "python 1-train-mnist.py --resume %s" % (epoch + 1, epoch, checkpoint))
                 break
             val_loss, val_acc = evaluate(val_fn, X_val, y_val, batch_size)
             print("Epoch {} of {} took {:.3f}s".format(epoch + 1, epochs,
@@ -138,6 +165,8 @@ def main(epochs=30, batch_size=500, learning_rate=0.01, seed=1234, mnist=None,
             print("  validation loss:\t\t{:.6f}".format(val_loss))
             print("  validation accuracy:\t\t{:.2f} %".format(val_acc * 100))
             sys.stdout.flush()
+            training.save_checkpoint(checkpoint, train_fn, settings, rng.get_state(),
+                                     epoch=np.array(epoch + 1))
 
     test_loss_value, test_acc = evaluate(val_fn, X_test, y_test, batch_size)
     print("Final results:")

@@ -107,7 +107,7 @@ def run_script(script, settings, create_data, nb_digits, build_model):
     settings = dict(defaults, **settings)
     resume = settings.pop("resume")
     if resume:
-        settings = Run.settings_of(resume)
+        settings = checkpoint_settings(resume)
     settings["script"] = script
     settings["checkpoint"] = (settings["checkpoint"]
                               or settings["output"].replace(".npz", "") + ".ckpt.npz")
@@ -193,21 +193,46 @@ def lr_decays(epoch, last_decay, nodecay, decayinterval):
 
 # ---- Checkpoints ----
 
-def shared_state(fn):
-    """The values of every shared variable ``fn`` uses: parameters, optimizer
-    state, learning rate, dropout level and the dropout random streams."""
-    return [v.get_value() for v in fn.get_shared()]
+def save_checkpoint(path, train_fn, settings, rng_state, **arrays):
+    """Write a checkpoint: the run's settings, every shared variable
+    ``train_fn`` uses (parameters, optimizer state, learning rate, dropout level
+    and its random streams), a NumPy generator state and any other ``arrays``."""
+    arrays["settings"] = np.array(json.dumps(settings))
+    _, keys, pos, has_gauss, gauss = rng_state
+    arrays.update(rng_keys=keys, rng_pos=np.array(pos),
+                  rng_has_gauss=np.array(has_gauss), rng_gauss=np.array(gauss))
+    for i, v in enumerate(train_fn.get_shared()):
+        arrays["shared_%d" % i] = v.get_value()
+    data.save_npz(path, **arrays)
 
 
-def set_shared_state(fn, values, path):
-    shared = fn.get_shared()
-    if len(shared) != len(values) or any(
-            np.shape(v.get_value()) != np.shape(value)
-            for v, value in zip(shared, values)):
+def checkpoint_settings(path):
+    """The settings a checkpoint's run was started with."""
+    ckpt = data.load_npz(path)
+    if "settings" not in ckpt:
+        raise UserError("%s: not a checkpoint of this project" % path)
+    return json.loads(str(ckpt["settings"]))
+
+
+def load_checkpoint(path, train_fn):
+    """Restore ``train_fn``'s shared variables from a checkpoint; return the
+    generator state and the checkpoint's other arrays."""
+    ckpt = data.load_npz(path)
+    if "rng_keys" not in ckpt:
+        raise UserError("%s: not a checkpoint of this project" % path)
+    ckpt.pop("settings", None)
+    shared = train_fn.get_shared()
+    values = [ckpt.pop("shared_%d" % i) for i in range(len(shared))
+              if "shared_%d" % i in ckpt]
+    if any(k.startswith("shared_") for k in ckpt) or len(values) != len(shared) or any(
+            np.shape(v.get_value()) != np.shape(value) for v, value in zip(shared, values)):
         raise UserError("%s: the checkpoint does not fit this network; was it "
                         "written by the same script and data?" % path)
     for v, value in zip(shared, values):
         v.set_value(value)
+    rng_state = ("MT19937", ckpt.pop("rng_keys"), int(ckpt.pop("rng_pos")),
+                 int(ckpt.pop("rng_has_gauss")), float(ckpt.pop("rng_gauss")))
+    return rng_state, ckpt
 
 
 class Run:
@@ -230,7 +255,7 @@ class Run:
         self.epoch_rng_state = np.random.RandomState(settings["seed"]).get_state()
 
     def save(self, path, train_fn):
-        arrays = {"settings": np.array(json.dumps(self.settings))}
+        arrays = {}
         for name in ("epoch", "batch", "batch_loss", "batch_correct", "last_decay",
                      "best_valid", "best_epoch"):
             arrays[name] = np.array(getattr(self, name))
@@ -238,23 +263,10 @@ class Run:
             arrays["history_" + key] = np.array(values)
         for key, value in self.best.items():
             arrays["result_" + key] = value
-        _, keys, pos, has_gauss, gauss = self.epoch_rng_state
-        arrays.update(rng_keys=keys, rng_pos=np.array(pos),
-                      rng_has_gauss=np.array(has_gauss), rng_gauss=np.array(gauss))
-        for i, value in enumerate(shared_state(train_fn)):
-            arrays["shared_%d" % i] = value
-        data.save_npz(path, **arrays)
-
-    @staticmethod
-    def settings_of(path):
-        """The settings a checkpoint was started with."""
-        ckpt = data.load_npz(path)
-        if "settings" not in ckpt:
-            raise UserError("%s: not a checkpoint of this project" % path)
-        return json.loads(str(ckpt["settings"]))
+        save_checkpoint(path, train_fn, self.settings, self.epoch_rng_state, **arrays)
 
     def restore(self, path, train_fn):
-        ckpt = data.load_npz(path)
+        self.epoch_rng_state, ckpt = load_checkpoint(path, train_fn)
         for name in ("epoch", "batch", "batch_correct", "last_decay", "best_epoch"):
             setattr(self, name, int(ckpt[name]))
         self.batch_loss = float(ckpt["batch_loss"])
@@ -263,10 +275,6 @@ class Run:
             self.history[key] = ckpt["history_" + key].tolist()
         self.best = {k[len("result_"):]: v for k, v in ckpt.items()
                      if k.startswith("result_")}
-        self.epoch_rng_state = ("MT19937", ckpt["rng_keys"], int(ckpt["rng_pos"]),
-                                int(ckpt["rng_has_gauss"]), float(ckpt["rng_gauss"]))
-        count = sum(1 for k in ckpt if k.startswith("shared_"))
-        set_shared_state(train_fn, [ckpt["shared_%d" % i] for i in range(count)], path)
 
 
 class StopFlag:

@@ -1,4 +1,5 @@
 """1-train-mnist.py: a short real run, and the weights it writes load back."""
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 
 import mnist_cnn
 from conftest import ROOT, load_script
+from stn import data
 from stn.errors import UserError
 
 script = load_script("1-train-mnist.py")
@@ -44,6 +46,22 @@ def test_ctrl_c_saves_the_weights_trained_so_far(tmp_path, monkeypatch):
     assert 0 <= test_acc <= 1
     with np.load(output, allow_pickle=False) as f:
         assert len(f.files) == 8
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    straight = tmp_path / "a.npz"
+    expected = script.main(epochs=2, train_size=1000, batch_size=100, output=str(straight))
+    first = tmp_path / "b.npz"
+    script.main(epochs=1, train_size=1000, batch_size=100, output=str(first))
+    # Pretend the run had asked for 2 epochs and stopped after the first one.
+    ckpt = dict(data.load_npz(str(tmp_path / "b.ckpt.npz")))
+    settings = json.loads(str(ckpt["settings"]))
+    ckpt["settings"] = np.array(json.dumps(dict(settings, epochs=2)))
+    data.save_npz(str(tmp_path / "b.ckpt.npz"), **ckpt)
+    assert script.main(resume=str(tmp_path / "b.ckpt.npz")) == expected
+    a, b = data.load_npz(str(straight)), data.load_npz(str(first))
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7)
 
 
 def test_nan_loss_is_a_clear_error_and_writes_nothing(tmp_path):
