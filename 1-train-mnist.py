@@ -6,9 +6,9 @@ Lasagne's order under the keys arr_0 ... arr_7, as the chapter does:
 
     python 1-train-mnist.py
 
-Training is nesterov momentum (lr 0.01, momentum 0.9) on minibatches of 500.
-Expect over 99.3% test accuracy; see README.md for the measured run and its time
-on a 2-core machine.  For a quick look, --epochs 2 --train-size 5000.
+Training is nesterov momentum (lr 0.01, momentum 0.9) on minibatches of 500, for
+100 epochs: 99.42% test accuracy in 36 minutes on a 2-core machine (README.md has
+the curve).  For a quick look, --epochs 2 --train-size 5000.
 """
 import math
 import sys
@@ -19,7 +19,7 @@ from stn import cli
 
 def build_parser():
     parser = cli.parser(__doc__)
-    parser.add_argument("--epochs", type=cli.positive_int, default=30,
+    parser.add_argument("--epochs", type=cli.positive_int, default=100,
                         help="passes over the training set (default: %(default)s)")
     parser.add_argument("--batch-size", type=cli.positive_int, default=500,
                         help="minibatch size (default: %(default)s)")
@@ -83,7 +83,7 @@ def build_functions(learning_rate):
     return network, train_fn, val_fn
 
 
-def main(epochs=30, batch_size=500, learning_rate=0.01, seed=1234, mnist=None,
+def main(epochs=100, batch_size=500, learning_rate=0.01, seed=1234, mnist=None,
          train_size=None, output="model.npz", checkpoint=None, resume=None):
     """Train, print the chapter's per-epoch block, save ``output``; return test accuracy.
 
