@@ -7,8 +7,6 @@ import lasagne.layers
 import lasagne.utils
 from lasagne.layers.base import Layer, MergeLayer
 
-from . import ops  # noqa: F401  (registers the fast operations' graph optimisations)
-
 BORDER_MODES = ("nearest", "mirror", "wrap")
 
 
