@@ -113,11 +113,13 @@ def load_npz(path, hint=None):
                         "recreate it" % (path, e))
 
 
-def load_sequences(path, nb_digits=None, hint=None):
+def load_sequences(path, nb_digits=None, hint=None, boxes=False):
     """Load a distorted-digit dataset and check that it fits a script.
 
     Returns a dict with ``X_{split}`` as float32 (N, W, W) and ``y_{split}`` as
-    int32 (N, nb_digits) for train, valid and test, and ``output_dim`` W.
+    int32 (N, nb_digits) for train, valid and test, and ``output_dim`` W.  With
+    ``boxes`` the digit boxes ``boxes_{split}`` (N, nb_digits, 4), [x0, y0, x1,
+    y1), are required too (files of create_mnist_sequence.py have them).
     """
     raw = load_npz(path, hint)
     data = {}
@@ -142,12 +144,41 @@ def load_sequences(path, nb_digits=None, hint=None):
             raise UserError("%s: %s holds labels outside 0-9" % (path, y_key))
         data[x_key] = X.astype(np.float32, copy=False).reshape(-1, dim, dim)
         data[y_key] = y.astype(np.int32, copy=False)
+        if boxes:
+            box = raw.get("boxes_" + split)
+            if box is None or box.shape != y.shape + (4,):
+                raise UserError("%s: lacks the digit boxes (boxes_%s) this script "
+                                "measures against; recreate it with "
+                                "create_mnist_sequence.py" % (path, split))
+            data["boxes_" + split] = box.astype(np.int32, copy=False)
     dims = {data["X_" + s].shape[1] for s in SPLITS}
     widths = {data["y_" + s].shape[1] for s in SPLITS}
     if len(dims) != 1 or len(widths) != 1:
         raise UserError("%s: the splits differ in canvas size or digit count" % path)
     data["output_dim"] = dims.pop()
     return data
+
+
+def load_cnn_weights(path):
+    """The 8 parameter arrays of the chapter's MNIST CNN, as 1-train-mnist.py
+    saves them in ``model.npz`` (arr_0 ... arr_7, Lasagne's order), checked
+    against the network's shapes: conv 32x1x5x5, conv 32x32x5x5, dense
+    512 x units, dense units x 10, each with its bias."""
+    hint = "python 1-train-mnist.py --output %s" % path
+    raw = load_npz(path, hint)
+    keys = ["arr_%d" % i for i in range(8)]
+    if sorted(raw) != sorted(keys):
+        raise UserError("%s: not a model file of 1-train-mnist.py (it needs the keys "
+                        "arr_0 ... arr_7); create it with: %s" % (path, hint))
+    weights = [raw[k].astype(np.float32) for k in keys]
+    units = weights[4].shape[-1] if weights[4].ndim == 2 else -1
+    expected = [(32, 1, 5, 5), (32,), (32, 32, 5, 5), (32,), (512, units), (units,),
+                (units, 10), (10,)]
+    if units < 1 or [w.shape for w in weights] != expected:
+        raise UserError("%s: its arrays %s do not fit the chapter's MNIST CNN; "
+                        "create it with: %s"
+                        % (path, [w.shape for w in weights], hint))
+    return weights
 
 
 @contextlib.contextmanager
