@@ -13,6 +13,7 @@ history; see README.md) and a checkpoint after every epoch:
     python 2-stn-cnn-mnist.py
     python 2-stn-cnn-mnist.py --resume res_test_2.ckpt.npz   # after Ctrl-C
     python plot_crops.py res_test_2.npz
+    python 2-stn-cnn-mnist.py --branches 2     # two transformers in parallel
 
 See README.md for the measured accuracy and time on a 2-core machine.
 """
@@ -26,17 +27,25 @@ def build_parser():
     parser = cli.parser(__doc__)
     parser.add_argument("--data", default=DEFAULT_DATA,
                         help="dataset .npz (default: %(default)s)")
+    parser.add_argument("--branches", type=cli.positive_int, default=1,
+                        help="parallel spatial transformers (Jaderberg et al.'s "
+                             "2xST-CNN): each has its own A_net on the shared "
+                             "localization features and crops the canvas, and the "
+                             "classifier reads the crops as channels "
+                             "(default: %(default)s, the chapter's)")
     training.add_training_flags(parser, "res_test_2.npz")
     return parser
 
 
-def build_model(dim, num_steps, downsample, sh_drp):
+def build_model(dim, num_steps, downsample, sh_drp, branches=1):
     """The chapter's network for ``dim`` x ``dim`` canvases holding ``num_steps``
-    digit (one, here); returns (l_in, l_out, l_A_net, l_transform)."""
+    digit (one, here); returns (l_in, l_out, l_A_net, l_transform).  With
+    ``branches`` > 1, l_A_net gives the branches' transforms side by side
+    (batch, 6 * branches) and l_transform their crops as channels."""
     import lasagne
     import numpy as np
     import mnist_cnn
-    from lasagne.layers import (DenseLayer, DimshuffleLayer, InputLayer,
+    from lasagne.layers import (ConcatLayer, DenseLayer, DimshuffleLayer, InputLayer,
                                 MaxPool2DLayer, TransformerLayer)
     l_in = InputLayer((None, dim, dim))
     l_dim = DimshuffleLayer(l_in, (0, 'x', 1, 2))
@@ -46,13 +55,22 @@ def build_model(dim, num_steps, downsample, sh_drp):
     l_pool0_loc = MaxPool2DLayer(l_dim, pool_size=(2, 2))
     l_dense_loc = mnist_cnn.model(l_pool0_loc, input_dim=dim, p=sh_drp, num_classes=0)
     identity = np.array([[1, 0, 0], [0, 1, 0]], dtype="float32").flatten()
-    l_A_net = DenseLayer(l_dense_loc, num_units=6, name='A_net', b=identity,
-                         W=lasagne.init.Constant(0.0),
-                         nonlinearity=lasagne.nonlinearities.identity)
+    heads = [DenseLayer(l_dense_loc, num_units=6, b=identity,
+                        name='A_net' if branches == 1 else 'A_net%d' % k,
+                        W=lasagne.init.Constant(0.0),
+                        nonlinearity=lasagne.nonlinearities.identity)
+             for k in range(branches)]
 
     # The transformer samples the full-resolution canvas through the predicted
-    # transform: a (dim / downsample)-pixel crop for the classifier.
-    l_transform = TransformerLayer(l_dim, l_A_net, downsample_factor=downsample)
+    # transform: a (dim / downsample)-pixel crop for the classifier.  Parallel
+    # branches start alike; the classifier's different weights for each crop
+    # channel pull them apart.
+    crops = [TransformerLayer(l_dim, l_A_net, downsample_factor=downsample)
+             for l_A_net in heads]
+    if branches == 1:
+        l_A_net, l_transform = heads[0], crops[0]
+    else:
+        l_A_net, l_transform = ConcatLayer(heads, axis=1), ConcatLayer(crops, axis=1)
     l_out = mnist_cnn.model(l_transform, input_dim=dim, p=sh_drp, num_units=400)
     return l_in, l_out, l_A_net, l_transform
 
@@ -60,12 +78,12 @@ def build_model(dim, num_steps, downsample, sh_drp):
 def main(data=DEFAULT_DATA, output="res_test_2.npz", **settings):
     """Train; write ``output`` and its checkpoint; return the results arrays.
 
-    ``settings`` are the other flags by name (lr=0.0005, epochs=300, ...; see
-    ``--help``); those left out take their defaults.
+    ``settings`` are the other flags by name (lr=0.0005, epochs=300,
+    branches=1, ...; see ``--help``); those left out take their defaults.
     """
     return training.run_script("2-stn-cnn-mnist.py",
                                dict(settings, data=data, output=output),
-                               CREATE_DATA, 1, build_model)
+                               CREATE_DATA, 1, build_model, {"branches": 1})
 
 
 if __name__ == "__main__":

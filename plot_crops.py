@@ -3,8 +3,8 @@
 Reads a results file of 2-stn-cnn-mnist.py or 3-recurrent-stn-mnist.py
 (res_test_2.npz, res_test_3.npz) and, for 5 random canvases of its stored test
 batch, draws one row each: the canvas with the outline of each transform's
-sampling grid (green, red, blue for steps 1-3), then each crop with its
-predicted class.  The crops are computed with the TransformerLayer's own
+sampling grid (green, red, blue for steps or branches 1-3), then each crop with
+its predicted class.  The crops are computed with the TransformerLayer's own
 mapping from the stored canvases and transforms:
 
     python plot_crops.py res_test_2.npz            # writes res_test_2_crops.png
@@ -77,7 +77,10 @@ def main(file, n=5, seed=111, output=None, show=False):
     count, height, width = canvases.shape
     A = res["A"].reshape(count, -1, 6)
     steps = A.shape[1]
-    preds = res["preds"].reshape(count, steps)
+    # One prediction per transform (the recurrent model's steps), or one per
+    # canvas read from the crops of parallel transformers (--branches).
+    preds = res["preds"].reshape(count, -1)
+    branches = preds.shape[1] != steps
     downsample = float(res["downsample"]) if "downsample" in res else 3.0
     out_height, out_width = int(height // downsample), int(width // downsample)
 
@@ -97,17 +100,20 @@ def main(file, n=5, seed=111, output=None, show=False):
             row[0].plot(edge_x, edge_y, color=colour, linewidth=1.5)
             row[1 + step].imshow(bilinear(canvases[i], x, y), cmap="gray",
                                  vmin=0, vmax=1)
-            row[1 + step].set_title("step %d: %d" % (step + 1, preds[i, step]),
-                                    color="black")
+            row[1 + step].set_title("branch %d" % (step + 1) if branches else
+                                    "step %d: %d" % (step + 1, preds[i, step]))
             for side in row[1 + step].spines.values():
                 side.set_edgecolor(colour)
                 side.set_linewidth(3)
+        if branches:
+            row[0].set_title("predicted %d" % preds[i, 0])
         row[0].set_xlim(-0.5, width - 0.5)
         row[0].set_ylim(height - 0.5, -0.5)
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
-    axes[0, 0].set_title("canvas")
+    if not branches:
+        axes[0, 0].set_title("canvas")
     fig.suptitle("%s: %dx%d crops (downsample %g)" % (os.path.basename(file), out_height,
                                                        out_width, downsample))
     plots.save_figure(fig, output, show)

@@ -94,13 +94,16 @@ def default_settings():
     return vars(parser.parse_args([]))
 
 
-def run_script(script, settings, create_data, nb_digits, build_model):
+def run_script(script, settings, create_data, nb_digits, build_model,
+               model_settings=None):
     """What both STN scripts do around their network: check the settings, load
     the data, build the network with
-    ``build_model(dim, num_steps, downsample, sh_drp)``,
-    compile, train.  With ``settings["resume"]`` the checkpoint's settings are
-    used instead of the others.  Settings left out take the flags' defaults."""
-    defaults = default_settings()
+    ``build_model(dim, num_steps, downsample, sh_drp, **model_settings)``,
+    compile, train.  ``model_settings`` are the script's own flags with their
+    defaults.  With ``settings["resume"]`` the checkpoint's settings are used
+    instead of the others.  Settings left out take the flags' defaults."""
+    model_settings = model_settings or {}
+    defaults = dict(default_settings(), **model_settings)
     unknown = set(settings) - set(defaults) - {"data"}
     if unknown:
         raise TypeError("unknown settings: %s" % ", ".join(sorted(unknown)))
@@ -135,7 +138,9 @@ def run_script(script, settings, create_data, nb_digits, build_model):
     lasagne.random.set_rng(np.random.RandomState(settings["seed"]))
     sh_drp = theano.shared(lasagne.utils.floatX(0.0), name="dropout")
     num_steps = dataset["y_train"].shape[1]
-    l_in, l_out, l_A_net, _ = build_model(dim, num_steps, settings["downsample"], sh_drp)
+    l_in, l_out, l_A_net, _ = build_model(
+        dim, num_steps, settings["downsample"], sh_drp,
+        **{key: settings.get(key, value) for key, value in model_settings.items()})
     print("Compiling the training and evaluation functions...")
     train_fn, eval_fn, sh_lr = build_functions(
         l_in.input_var, l_out, l_A_net, settings["optimizer"], settings["lr"])
@@ -151,7 +156,8 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate):
     """Compile the chapter's functions for a classifier reading ``num_steps`` crops.
 
     ``l_out`` gives (batch * num_steps, 10) class probabilities, sample-major,
-    and ``l_A_net`` the matching (batch * num_steps, 6) transforms.  Returns
+    and ``l_A_net`` the matching (batch * num_steps, 6) transforms, or
+    (batch, 6 * branches) for parallel transformers.  Returns
     ``train_fn(X, y) -> (loss, probs)`` with y of shape (batch, num_steps),
     ``eval_fn(X) -> (probs, A)`` and the shared learning rate.
     """
@@ -393,7 +399,8 @@ def fit(train_fn, eval_fn, sh_lr, sh_drp, dataset, settings, resume=None):
                     "probs": probs, "preds": probs.argmax(-1).astype(np.int32),
                     "x": dataset["X_test"][idx],
                     "y": last.ravel() if num_steps == 1 else last,
-                    "A": A if num_steps == 1 else A.reshape(len(idx), num_steps, 6),
+                    # (batch, 6) for one transform per canvas, else (batch, k, 6).
+                    "A": A if A.shape[1] == 6 else A.reshape(len(idx), -1, 6),
                     "all_y": y_test.ravel() if num_steps == 1 else y_test,
                     "all_preds": test_preds.ravel() if num_steps == 1 else test_preds}
             run.epoch += 1

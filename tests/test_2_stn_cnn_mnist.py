@@ -34,6 +34,37 @@ def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences1):
     assert os.path.exists(str(tmp_path / "res.ckpt.npz"))
 
 
+def test_parallel_branches_crop_separately(tmp_path, sequences1):
+    import lasagne
+    import theano
+    l_in, l_out, l_A_net, l_transform = script.build_model(60, 1, 3.0, theano.shared(
+        np.float32(0)), branches=2)
+    assert l_A_net.output_shape == (None, 12)
+    assert l_transform.output_shape == (None, 2, 20, 20)
+    names = [p.name for p in lasagne.layers.get_all_params(l_A_net)]
+    assert names.count("A_net0.W") == names.count("A_net1.W") == 1
+    # Each channel is its branch's crop: set branch 1 to a zoom and compare.
+    W, b = l_A_net.input_layers[1].get_params()
+    b.set_value(np.float32([0.5, 0, 0.2, 0, 0.5, -0.1]))
+    canvases = data.load_sequences(sequences1)["X_test"][:3]
+    crops = lasagne.layers.get_output(l_transform, deterministic=True).eval(
+        {l_in.input_var: canvases})
+    plot_crops = load_script("plot_crops.py")
+    for k, theta in enumerate([[1, 0, 0, 0, 1, 0], [0.5, 0, 0.2, 0, 0.5, -0.1]]):
+        x, y = plot_crops.source_points(theta, 20, 20, 60, 60)
+        for i in range(3):
+            np.testing.assert_allclose(crops[i, k], plot_crops.bilinear(canvases[i], x, y),
+                                       atol=1e-5)
+
+    output, _ = run(tmp_path, sequences1, branches=2)
+    res = data.load_npz(output)
+    assert res["A"].shape == (50, 2, 6) and res["preds"].shape == (50,)
+    assert res["probs"].shape == (50, 10)
+    png = plot_crops.main(output)
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
 def test_lr_schedule_is_the_chapters():
     decays, last = [], -10**9
     for epoch in range(70):
