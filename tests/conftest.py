@@ -46,3 +46,27 @@ def sequences1(tmp_path_factory):
 def sequences3(tmp_path_factory):
     """A small 3-digit dataset of 90x90 canvases."""
     return make_sequences(tmp_path_factory.mktemp("seq3"), 3, 90)
+
+
+@pytest.fixture(scope="session")
+def cnn_weights():
+    """Weights of the chapter's MNIST CNN, as model.npz holds them: its random
+    initialisation, with random biases too, so that tests see every array's place."""
+    import lasagne
+    import numpy as np
+    import mnist_cnn
+    lasagne.random.set_rng(np.random.RandomState(5))
+    network = mnist_cnn.model(lasagne.layers.InputLayer((None, 1, 28, 28)))
+    values = lasagne.layers.get_all_param_values(network)
+    rng = np.random.RandomState(6)
+    return [v if v.ndim > 1 else rng.uniform(-.2, .2, v.shape).astype(np.float32)
+            for v in values]
+
+
+@pytest.fixture(scope="session")
+def model_file(cnn_weights, tmp_path_factory):
+    """A model.npz of those weights."""
+    path = str(tmp_path_factory.mktemp("model") / "model.npz")
+    from stn import data
+    data.save_npz(path, *cnn_weights)
+    return path

@@ -9,27 +9,6 @@ from stn.errors import UserError
 script = load_script("5-sliding-window-mnist.py")
 
 
-@pytest.fixture(scope="module")
-def weights():
-    """The chapter's CNN at its random initialisation, with random biases too,
-    so that every array's place in the rewrite is checked."""
-    import lasagne
-    import mnist_cnn
-    lasagne.random.set_rng(np.random.RandomState(5))
-    network = mnist_cnn.model(lasagne.layers.InputLayer((None, 1, 28, 28)))
-    values = lasagne.layers.get_all_param_values(network)
-    rng = np.random.RandomState(6)
-    return [v if v.ndim > 1 else rng.uniform(-.2, .2, v.shape).astype(np.float32)
-            for v in values]
-
-
-@pytest.fixture(scope="module")
-def model_file(weights, tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("model") / "model.npz")
-    data.save_npz(path, *weights)
-    return path
-
-
 def test_dense_to_conv_computes_the_dense_sums():
     rng = np.random.RandomState(0)
     W = rng.randn(2 * 3 * 4, 5)
@@ -42,9 +21,9 @@ def test_dense_to_conv_computes_the_dense_sums():
     np.testing.assert_allclose(convolved, x.ravel().dot(W), rtol=1e-12)
 
 
-def test_score_map_is_the_dense_network_on_every_window(weights, sequences1):
+def test_score_map_is_the_dense_network_on_every_window(cnn_weights, sequences1):
     canvases = data.load_sequences(sequences1)["X_test"][:4]
-    score_maps, classify = script.compile_networks(weights, 60)
+    score_maps, classify = script.compile_networks(cnn_weights, 60)
     maps = score_maps(canvases[:, None])
     assert maps.shape == (4, 10, 9, 9)          # (60 - 28) // 4 + 1 positions
     for i, j in [(0, 0), (3, 5), (8, 8)]:
