@@ -395,12 +395,14 @@ def fit(train_fn, eval_fn, sh_lr, sh_drp, dataset, settings, resume=None):
             if valid_acc > run.best_valid:
                 run.best_valid, run.best_epoch = valid_acc, epoch
                 last = y_test[idx]
+                # (batch, 6) for one transform per canvas, else (batch, k, 6):
+                # k recurrent steps or parallel branches.
+                A = A.reshape(len(idx), -1, 6)
                 run.best = {
                     "probs": probs, "preds": probs.argmax(-1).astype(np.int32),
                     "x": dataset["X_test"][idx],
                     "y": last.ravel() if num_steps == 1 else last,
-                    # (batch, 6) for one transform per canvas, else (batch, k, 6).
-                    "A": A if A.shape[1] == 6 else A.reshape(len(idx), -1, 6),
+                    "A": A[:, 0] if A.shape[1] == 1 else A,
                     "all_y": y_test.ravel() if num_steps == 1 else y_test,
                     "all_preds": test_preds.ravel() if num_steps == 1 else test_preds}
             run.epoch += 1
