@@ -37,9 +37,7 @@ START_LOGIT = 2.0   # the crop's first scale: 0.28 + 0.72 sigmoid(2) = 0.91 of t
 def build_parser():
     parser = cli.parser(__doc__)
     add = parser.add_argument
-    add("--model", default="model.npz",
-        help="weights saved by 1-train-mnist.py (default: %(default)s)")
-    add("--data", default=DEFAULT_DATA, help="1-digit dataset (default: %(default)s)")
+    cli.add_cnn_flags(parser, DEFAULT_DATA)
     add("--digit", type=int, choices=range(10), default=3, metavar="{0..9}",
         help="the class whose canvases are co-localised (default: %(default)s)")
     add("--epochs", type=cli.positive_int, default=10,

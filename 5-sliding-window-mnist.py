@@ -35,9 +35,7 @@ STRIDE = 4    # two 2x2 poolings: one output position every 4 canvas pixels
 def build_parser():
     parser = cli.parser(__doc__)
     add = parser.add_argument
-    add("--model", default="model.npz",
-        help="weights saved by 1-train-mnist.py (default: %(default)s)")
-    add("--data", default=DEFAULT_DATA, help="1-digit dataset (default: %(default)s)")
+    cli.add_cnn_flags(parser, DEFAULT_DATA)
     add("--test-size", type=cli.positive_int, default=None,
         help="evaluate the first N test canvases only (default: all)")
     add("--compare", type=cli.positive_int, default=20,
@@ -72,7 +70,7 @@ def build_networks(weights, dim):
     import lasagne
     import theano.tensor as T
     import mnist_cnn
-    from lasagne.layers import Conv2DLayer, InputLayer
+    from lasagne.layers import Conv2DLayer, DenseLayer, InputLayer
 
     l_dense_in = InputLayer((None, 1, WINDOW, WINDOW))
     l_dense_out = mnist_cnn.model(l_dense_in, p=0.0)
@@ -82,7 +80,9 @@ def build_networks(weights, dim):
     trunk = mnist_cnn.model(l_conv_in, input_dim=dim, num_units=0)
     # The dense layer reads the trunk's output on a 28x28 window: 32 x 4 x 4.
     W1, b1, W2, b2 = weights[4:]
-    channels, rows, cols = mnist_cnn.model(l_dense_in, num_units=0).output_shape[1:]
+    first_dense = next(layer for layer in lasagne.layers.get_all_layers(l_dense_out)
+                       if isinstance(layer, DenseLayer))
+    channels, rows, cols = first_dense.input_shape[1:]
     l_hidden = Conv2DLayer(trunk, num_filters=len(b1), filter_size=(rows, cols),
                            W=dense_to_conv(W1, channels, rows, cols), b=b1,
                            nonlinearity=lasagne.nonlinearities.rectify)

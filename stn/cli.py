@@ -43,6 +43,15 @@ def parser(doc):
     return Parser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def add_cnn_flags(parser, data):
+    """--model (the weights 1-train-mnist.py saves) and --data (default ``data``),
+    for the scripts that reuse the trained MNIST classifier."""
+    parser.add_argument("--model", default="model.npz",
+                        help="weights saved by 1-train-mnist.py (default: %(default)s)")
+    parser.add_argument("--data", default=data,
+                        help="1-digit dataset (default: %(default)s)")
+
+
 def run(main, args):
     """Call ``main(**vars(args))``; a UserError becomes one line on stderr,
     "prog: error: message", and exit code 2 (a subclass may set ``label`` and
