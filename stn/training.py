@@ -256,7 +256,7 @@ class Run:
         self.best = {}            # the results arrays of the best epoch
         self.history = {k: [] for k in ("epoch", "train_loss", "train_acc",
                                         "valid_acc", "test_acc", "test_seq_acc",
-                                        "lr", "seconds")}
+                                        "lr", "seconds", "train_seconds")}
         # The shuffling generator's state at the start of the current epoch.
         self.epoch_rng_state = np.random.RandomState(settings["seed"]).get_state()
 
@@ -278,7 +278,9 @@ class Run:
         self.batch_loss = float(ckpt["batch_loss"])
         self.best_valid = float(ckpt["best_valid"])
         for key in self.history:
-            self.history[key] = ckpt["history_" + key].tolist()
+            # Checkpoints older than the train_seconds record lack it: NaN.
+            self.history[key] = ckpt.get("history_" + key, np.full(
+                len(ckpt["history_epoch"]), np.nan)).tolist()
         self.best = {k[len("result_"):]: v for k, v in ckpt.items()
                      if k.startswith("result_")}
 
@@ -364,6 +366,7 @@ def fit(train_fn, eval_fn, sh_lr, sh_drp, dataset, settings, resume=None):
                         % (epoch, run.batch, len(batches), settings["output"],
                            settings["checkpoint"], resume_hint))
             progress.close()
+            train_seconds = time.time() - start_time
             train_loss = run.batch_loss / run.batch
             train_acc = run.batch_correct / float(run.batch * batch_size * num_steps)
 
@@ -390,7 +393,8 @@ def fit(train_fn, eval_fn, sh_lr, sh_drp, dataset, settings, resume=None):
             for key, value in [("epoch", epoch), ("train_loss", train_loss),
                                ("train_acc", train_acc), ("valid_acc", valid_acc),
                                ("test_acc", test_acc), ("test_seq_acc", test_seq_acc),
-                               ("lr", float(sh_lr.get_value())), ("seconds", seconds)]:
+                               ("lr", float(sh_lr.get_value())), ("seconds", seconds),
+                               ("train_seconds", train_seconds)]:
                 run.history[key].append(value)
             if valid_acc > run.best_valid:
                 run.best_valid, run.best_epoch = valid_acc, epoch

@@ -31,6 +31,7 @@ def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences1):
     assert float(res["downsample"]) == 3.0
     assert res["history_epoch"].tolist() == [0]
     assert 0 <= res["history_test_acc"][0] <= 1
+    assert 0 < res["history_train_seconds"][0] < res["history_seconds"][0]
     assert os.path.exists(str(tmp_path / "res.ckpt.npz"))
 
 
