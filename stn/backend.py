@@ -18,6 +18,7 @@ import configparser
 import ctypes
 import ctypes.util
 import glob
+import hashlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -178,18 +179,62 @@ class ShimFinder(importlib.abc.MetaPathFinder):
 
     ``theano.tensor.signal.downsample`` comes from ``downsample_module`` and,
     once ``lasagne.layers`` has loaded, ``stn.layers.install`` adds the
-    TransformerLayer that Lasagne 0.1 lacks.
+    TransformerLayer that Lasagne 0.1 lacks; ``theano.gof.op`` and
+    ``theano.gof.cc`` get ``stable_cop_version`` and
+    ``version_parameterless_ops``, so that a warm start compiles no C code.
     """
 
     def find_spec(self, name, path, target=None):
         if name == "theano.tensor.signal.downsample":
             return importlib.machinery.ModuleSpec(name, ShimLoader())
-        if name == "lasagne.layers":
+        after = {"lasagne.layers": install_layers, "theano.gof.op": stable_cop_version,
+                 "theano.gof.cc": version_parameterless_ops}
+        if name in after:
             spec = importlib.machinery.PathFinder.find_spec(name, path)
             if spec is not None:
-                spec.loader = ShimLoader(spec.loader, install_layers)
+                spec.loader = ShimLoader(spec.loader, after[name])
             return spec
         return None
+
+
+def stable_cop_version(op_module):
+    """Theano 1.0.5 versions the C code of each COp (DimShuffle, the
+    convolutions, pooling) by Python's hash() of its source text, which differs
+    in every process since Python 3.3 randomises string hashes: those modules
+    were compiled again at every start (about 11 s).  Version them by a SHA-256
+    of the text instead, otherwise as Theano does."""
+    def c_code_cache_version(self):
+        digest = hashlib.sha256("\0".join(self.func_codes).encode()).hexdigest()
+        version = (int(digest[:15], 16),)
+        if hasattr(self, "params_type"):
+            version += (self.params_type.c_code_cache_version(),)
+        return version
+
+    op_module.COp.c_code_cache_version = c_code_cache_version
+
+
+def version_parameterless_ops(cc_module):
+    """Theano 1.0.5 takes an op's empty ``__props__`` (an op without
+    parameters: Alloc, Dot22, AdvancedSubtensor1, SoftmaxWithBias...) for a
+    missing C code version, so every module holding one was compiled afresh in
+    each process.  Keep such keys versioned when everything else in them is."""
+    original = cc_module.CLinker.cmodule_key_
+
+    def cmodule_key_(self, fgraph, *args, **kwargs):
+        key = original(self, fgraph, *args, **kwargs)
+        if key is None or key[0] != ():
+            return key
+        version = []
+        for node in self.schedule(fgraph):
+            if hasattr(node.op, "c_code_cache_version_apply"):
+                version.append(node.op.c_code_cache_version_apply(node))
+            if getattr(node.op, "__props__", None):
+                version.append(node.op.__props__)
+            version.extend(v.type.c_code_cache_version()
+                           for v in node.inputs + node.outputs)
+        return (tuple(version), key[1]) if all(version) else key
+
+    cc_module.CLinker.cmodule_key_ = cmodule_key_
 
 
 def install_layers(lasagne_layers):
@@ -212,5 +257,8 @@ def configure():
         os.environ["THEANO_FLAGS"] = theano_flags()
     if not any(isinstance(f, ShimFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, ShimFinder())
+    if "theano.gof.op" in sys.modules:
+        stable_cop_version(sys.modules["theano.gof.op"])
+        version_parameterless_ops(sys.modules["theano.gof.cc"])
     if "lasagne.layers" in sys.modules:
         install_layers(sys.modules["lasagne.layers"])

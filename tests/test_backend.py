@@ -72,3 +72,25 @@ def test_python_312_is_refused_clearly(monkeypatch):
     monkeypatch.setattr(sys, "version_info", (3, 12, 0))
     with pytest.raises(SystemExit, match="Python 3.11"):
         backend.configure()
+
+
+def test_c_code_versions_are_the_same_in_every_process():
+    # Theano hashed COp source text with Python's per-process string hash, so
+    # DimShuffle, convolution and pooling modules were rebuilt at each start.
+    code = ("import stn, theano.tensor as T; "
+            "print(T.DimShuffle((False,), ('x', 0)).c_code_cache_version())")
+    runs = {run_python(code, PYTHONHASHSEED=str(seed)) for seed in (1, 2)}
+    assert len(runs) == 1 and runs.pop().strip() not in ("", "()")
+
+
+def test_modules_of_parameterless_ops_are_cached():
+    # An op without parameters (empty __props__) used to make the whole
+    # module key unversioned: compiled again in every process.
+    import theano
+    import theano.tensor as T
+    x = T.fvector("x")
+    y = T.alloc(x, 3, x.shape[0])
+    assert y.owner.op.__props__ == ()
+    linker = theano.gof.cc.CLinker().accept(theano.gof.FunctionGraph([x], [y]))
+    version, signature = linker.cmodule_key()
+    assert version != () and len(version) > 1
