@@ -63,6 +63,7 @@ def build_functions(learning_rate):
     import theano
     import theano.tensor as T
     import mnist_cnn
+    from stn import compiled
     input_var = T.tensor4("inputs")
     target_var = T.ivector("targets")
     l_in = lasagne.layers.InputLayer((None, 1, 28, 28), input_var)
@@ -78,8 +79,9 @@ def build_functions(learning_rate):
     test_loss = lasagne.objectives.categorical_crossentropy(test_prediction,
                                                             target_var).mean()
     test_correct = T.sum(T.eq(T.argmax(test_prediction, axis=1), target_var))
-    train_fn = theano.function([input_var, target_var], loss, updates=updates)
-    val_fn = theano.function([input_var, target_var], [test_loss, test_correct])
+    train_fn, val_fn = compiled.functions([
+        ([input_var, target_var], loss, updates),
+        ([input_var, target_var], [test_loss, test_correct], None)])
     return network, train_fn, val_fn
 
 

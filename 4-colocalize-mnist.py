@@ -185,6 +185,7 @@ def build_functions(layers, learning_rate, margin):
     import lasagne
     import theano
     import theano.tensor as T
+    from stn import compiled
     X = layers["in"].input_var
     shifts = T.matrix("shifts")
     A, crop = lasagne.layers.get_output([layers["A_net"], layers["crop"]],
@@ -207,8 +208,8 @@ def build_functions(layers, learning_rate, margin):
     loss = triplet_hinge(e_n, T.roll(e_n, 1, axis=0), e_r, margin)
     params = lasagne.layers.get_all_params(layers["A_net"], trainable=True)
     updates = lasagne.updates.adam(loss, params, learning_rate=learning_rate)
-    train_fn = theano.function([X, shifts], loss, updates=updates)
-    look_fn = theano.function([X], [A, crop[:, 0]])
+    train_fn, look_fn = compiled.functions([([X, shifts], loss, updates),
+                                            ([X], [A, crop[:, 0]], None)])
     return train_fn, look_fn
 
 

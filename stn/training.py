@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from . import cli, data
+from . import cli, compiled, data
 from .errors import UserError
 
 EPSILON = 1e-5         # added to the softmax output before the log, as the chapter
@@ -176,9 +176,9 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate):
     grads = lasagne.updates.total_norm_constraint(grads, max_norm=MAX_NORM)
     update = {"rmsprop": lasagne.updates.rmsprop, "adam": lasagne.updates.adam}[optimizer]
     updates = update(grads, params, learning_rate=sh_lr)
-    train_fn = theano.function([input_var, target_var], [cost, output_train],
-                               updates=updates)
-    eval_fn = theano.function([input_var], [output_eval, A_eval])
+    train_fn, eval_fn = compiled.functions([
+        ([input_var, target_var], [cost, output_train], updates),
+        ([input_var], [output_eval, A_eval], None)])
     return train_fn, eval_fn, sh_lr
 
 
