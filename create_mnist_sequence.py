@@ -43,6 +43,10 @@ def build_parser():
     add("--output", default=None,
         help="output file (default: mnist_sequence{nb_digits}_sample_"
              "{nb_distortions}distortions_{size}x{size}.npz)")
+    add("--compress", action="store_true",
+        help="deflate the arrays: a file about 50x smaller, but every script then "
+             "spends about 10 s decompressing it at start (default: stored, and "
+             "memory-mapped by the scripts)")
     add("--mosaic", default=None, metavar="PNG",
         help="also draw the first 400 training canvases, 20x20, to this PNG")
     return parser
@@ -138,7 +142,7 @@ def boxes(layout):
 
 def main(nb_digits=3, output_dim=100, nb_distortions=8, distortion_size=9,
          train_size=60000, valid_size=10000, test_size=10000, seed=1234,
-         mnist=None, output=None, mosaic=None):
+         mnist=None, output=None, compress=False, mosaic=None):
     """Write the dataset file (and the mosaic); return the output path."""
     import time
     import numpy as np
@@ -161,7 +165,7 @@ def main(nb_digits=3, output_dim=100, nb_distortions=8, distortion_size=9,
                for split in data.SPLITS}
 
     progress = cli.Progress(sum(sizes.values()), "canvases")
-    with data.NpzWriter(output) as npz:
+    with data.NpzWriter(output, compress) as npz:
         for split in data.SPLITS:
             digits, labels = images[split]
             layout = layouts[split]

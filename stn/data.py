@@ -9,12 +9,15 @@ import gzip
 import importlib.util
 import os
 import pickle
+import struct
 import tempfile
 import zipfile
 
 import numpy as np
 
 from .errors import UserError
+
+MAP_MIN_BYTES = 2**20  # uncompressed members from this size are memory-mapped
 
 # The chapter's location of the MNIST pickle, kept for its users.
 CHAPTER_MNIST = "/sharedfiles/mnist.pkl.gz"
@@ -102,7 +105,13 @@ def load_npz(path, hint=None):
         raise UserError("%s: not an .npz file, or a truncated one; recreate it" % path)
     try:
         with np.load(path, allow_pickle=False) as f:
-            return {key: f[key] for key in f.files}
+            members = {name[:-4] if name.endswith(".npy") else name: f.zip.getinfo(name)
+                       for name in f.zip.namelist()}
+            arrays = {}
+            for key in f.files:
+                mapped = mapped_member(path, members[key])
+                arrays[key] = f[key] if mapped is None else mapped
+            return arrays
     except ValueError as e:
         if "allow_pickle" in str(e):
             raise UserError("%s: holds pickled objects, which are refused; "
@@ -111,6 +120,30 @@ def load_npz(path, hint=None):
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
         raise UserError("%s: not a readable .npz file (%s); it may be truncated: "
                         "recreate it" % (path, e))
+
+
+def mapped_member(path, info):
+    """A read-only memory map of a large uncompressed ``.npy`` member of the
+    zip file ``path``, or None (compressed, small or holding objects): a
+    3 GB dataset then opens at once and its pages load as training reads them."""
+    if info.compress_type != zipfile.ZIP_STORED or info.file_size < MAP_MIN_BYTES:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)  # the zip local file header, then name and extra field
+        if header[:4] != b"PK\x03\x04":
+            return None
+        name_length, extra_length = struct.unpack("<HH", header[26:30])
+        f.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran_order, dtype = read_header(f)
+        offset = f.tell()
+    if dtype.hasobject or int(np.prod(shape)) == 0:
+        return None
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
+                     order="F" if fortran_order else "C")
 
 
 def load_sequences(path, nb_digits=None, hint=None, boxes=False):
@@ -227,8 +260,8 @@ def check_writable(path, flag="--output"):
 class NpzWriter:
     """Write an ``.npz`` array by array, even chunk by chunk, atomically.
 
-    ``np.savez_compressed`` needs every array in memory at once; this writes the
-    same format while holding only one chunk, so a 3 GB dataset needs little RAM.
+    ``np.savez`` needs every array in memory at once; this writes the same
+    format while holding only one chunk, so a 3 GB dataset needs little RAM.
 
         with NpzWriter(path) as npz:
             npz.add("y_train", labels)
@@ -237,14 +270,15 @@ class NpzWriter:
                     write(chunk)
     """
 
-    def __init__(self, path, compresslevel=1):
-        self.path, self.compresslevel = path, compresslevel
+    def __init__(self, path, compress=True):
+        self.path, self.compress = path, compress
 
     def __enter__(self):
         self.atomic = atomic_path(self.path)
         tmp = self.atomic.__enter__()
-        self.zip = zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED,
-                                   compresslevel=self.compresslevel)
+        # Deflated (level 1) or stored: stored members are memory-mapped on load.
+        self.zip = zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED if self.compress
+                                   else zipfile.ZIP_STORED, compresslevel=1)
         return self
 
     def __exit__(self, *exc):

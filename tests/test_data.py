@@ -152,3 +152,29 @@ def test_killed_writer_leaves_previous_file_intact(tmp_path):
     assert path.read_bytes() == before
     with np.load(path) as f:
         assert list(f["old"]) == list(range(10))
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_npz_writer_round_trip_and_memory_map(tmp_path, compress):
+    # One array above the memory-map threshold (written in chunks), one below.
+    big = np.random.RandomState(0).rand(300, 1000).astype(np.float32)
+    small = np.arange(12, dtype=np.int32).reshape(3, 4)
+    assert big.nbytes >= data.MAP_MIN_BYTES > small.nbytes
+    path = str(tmp_path / "d.npz")
+    with data.NpzWriter(path, compress) as npz:
+        npz.add("small", small)
+        with npz.stream("big", big.shape, np.float32) as write:
+            for start in range(0, 300, 70):
+                write(big[start:start + 70])
+    loaded = data.load_npz(path)
+    np.testing.assert_array_equal(loaded["big"], big)
+    np.testing.assert_array_equal(loaded["small"], small)
+    # The same arrays as numpy's own reader gives.
+    with np.load(path) as f:
+        np.testing.assert_array_equal(f["big"], loaded["big"])
+    # Stored (uncompressed) large members are mapped, not read; read-only.
+    assert isinstance(loaded["big"], np.memmap) == (not compress)
+    assert not isinstance(loaded["small"], np.memmap)
+    if not compress:
+        with pytest.raises(ValueError):
+            loaded["big"][0, 0] = 1
