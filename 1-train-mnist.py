@@ -123,7 +123,9 @@ def main(epochs=100, batch_size=500, learning_rate=0.01, seed=1234, mnist=None,
     np.random.seed(seed)
     lasagne.random.set_rng(np.random.RandomState(seed))
     print("Compiling the training and evaluation functions...")
+    start = time.time()
     network, train_fn, val_fn = build_functions(learning_rate)
+    print(training.ready_line(start))
 
     # ---- Training loop ----
     # Ctrl-C stops after the current batch; the weights trained so far are

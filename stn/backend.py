@@ -25,6 +25,7 @@ import importlib.util
 import logging
 import os
 import sys
+import time
 import types
 import warnings
 
@@ -32,6 +33,8 @@ PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Whether configure() changed the allocator thresholds, for the benchmark.
 malloc_tuned = False
+# When a script imported stn (its first import): start-up times count from here.
+started = time.time()
 
 # glibc mallopt parameters and the values measured to double training speed.
 # Freed blocks below 32 MiB stay in the heap instead of being unmapped, and the

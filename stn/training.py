@@ -142,8 +142,10 @@ def run_script(script, settings, create_data, nb_digits, build_model,
         dim, num_steps, settings["downsample"], sh_drp,
         **{key: settings.get(key, value) for key, value in model_settings.items()})
     print("Compiling the training and evaluation functions...")
+    start = time.time()
     train_fn, eval_fn, sh_lr = build_functions(
         l_in.input_var, l_out, l_A_net, settings["optimizer"], settings["lr"])
+    print(ready_line(start))
     results = fit(train_fn, eval_fn, sh_lr, sh_drp, dataset, settings, resume=resume)
     print("Results in %s, checkpoint in %s" % (settings["output"],
                                               settings["checkpoint"]))
@@ -151,6 +153,13 @@ def run_script(script, settings, create_data, nb_digits, build_model,
 
 
 # ---- The STN scripts' training and evaluation functions ----
+
+def ready_line(compile_start):
+    """How long compiling and the whole start-up took."""
+    from . import backend
+    return "Compiled in %.1f s; training starts %.1f s after launch" % (
+        time.time() - compile_start, time.time() - backend.started)
+
 
 def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate):
     """Compile the chapter's functions for a classifier reading ``num_steps`` crops.
