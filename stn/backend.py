@@ -40,10 +40,15 @@ started = time.time()
 # Freed blocks below 32 MiB stay in the heap instead of being unmapped, and the
 # heap is only trimmed past 2 GiB (mallopt takes a C int, so 2**31 - 1 is the
 # largest trim threshold it accepts; GLIBC_TUNABLES's 16 GiB behaves the same).
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+# 32 MiB is the largest mmap threshold glibc accepts, and larger arrays were
+# still mapped and page-faulted afresh at every step (the STN's first
+# localization convolution gives 35 MB at minibatches of 128: 17k page faults
+# a step), so mmap is not used at all (M_MMAP_MAX 0): no page faults a step.
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -2, -3, -4
 MALLOC_SETTINGS = ((M_MMAP_THRESHOLD, 32 * 2**20),
                    (M_TRIM_THRESHOLD, 2**31 - 1),
-                   (M_TOP_PAD, 256 * 2**20))
+                   (M_TOP_PAD, 256 * 2**20),
+                   (M_MMAP_MAX, 0))
 
 # Messages that Theano 1.0.5 and Lasagne 0.1 print on every model build, although
 # nothing is wrong: Lasagne 0.1 calls Theano's old argument names.
