@@ -133,6 +133,8 @@ def prune(directory):
     """Delete all but the KEEP most recently used entries."""
     entries = []
     for name in os.listdir(directory):
+        if name.startswith("."):
+            continue  # another run's entry, still being written
         with contextlib.suppress(FileNotFoundError):  # another run may prune too
             entries.append((os.path.getmtime(os.path.join(directory, name)), name))
     for _, name in sorted(entries)[:-KEEP]:

@@ -102,3 +102,13 @@ def test_the_fingerprint_is_the_same_in_another_process():
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True).stdout.split()[-1]
     assert other == compiled.fingerprint(build()[0])[0]
+
+
+def test_only_the_most_recent_entries_are_kept(cache, monkeypatch):
+    monkeypatch.setattr(compiled, "KEEP", 2)
+    (cache / ".entry.pkl.x.tmp.pkl").write_bytes(b"another run is writing this")
+    for units in (12, 13, 14):
+        train(*build(units=units))
+    names = sorted(os.listdir(str(cache)))
+    assert len(names) == 3 and names[0].startswith(".")
+    assert compiled.fingerprint(build(units=12)[0])[0] + ".pkl" not in names
