@@ -70,6 +70,18 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert a["X_train"].tobytes() != c["X_train"].tobytes()
 
 
+def test_stored_by_default_compressed_on_request(tmp_path):
+    import zipfile
+    stored = make(tmp_path, "s.npz", nb_digits=1)
+    deflated = make(tmp_path, "z.npz", nb_digits=1, compress=True)
+    for key in stored:
+        assert stored[key].tobytes() == deflated[key].tobytes()
+    for name, kind in [("s.npz", zipfile.ZIP_STORED), ("z.npz", zipfile.ZIP_DEFLATED)]:
+        with zipfile.ZipFile(str(tmp_path / name)) as z:
+            assert {info.compress_type for info in z.infolist()} == {kind}
+    assert (tmp_path / "z.npz").stat().st_size < (tmp_path / "s.npz").stat().st_size / 3
+
+
 def test_default_name_and_mosaic(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = script.main(nb_digits=1, mosaic="m.png", **SMALL)
