@@ -11,6 +11,7 @@ import os
 import pickle
 import struct
 import tempfile
+import time
 import zipfile
 
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from .errors import UserError
 
 MAP_MIN_BYTES = 2**20  # uncompressed members from this size are memory-mapped
+ALIGN_EXTRA_ID = 0xD935  # zip extra field that pads a member to alignment (zipalign's)
 
 # The chapter's location of the MNIST pickle, kept for its users.
 CHAPTER_MNIST = "/sharedfiles/mnist.pkl.gz"
@@ -140,8 +142,8 @@ def mapped_member(path, info):
                        else np.lib.format.read_array_header_2_0)
         shape, fortran_order, dtype = read_header(f)
         offset = f.tell()
-    if dtype.hasobject or int(np.prod(shape)) == 0:
-        return None
+    if dtype.hasobject or int(np.prod(shape)) == 0 or offset % dtype.alignment:
+        return None  # (an unaligned array, which Theano refuses: read it instead)
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
                      order="F" if fortran_order else "C")
 
@@ -290,13 +292,27 @@ class NpzWriter:
         with self.stream(name, array.shape, array.dtype) as write:
             write(array)
 
+    def member(self, filename):
+        """The next member.  A stored one gets a local header padded (an extra
+        field, as Android's zipalign does) so that its .npy data, whose own
+        header numpy pads to 64 bytes, starts on a 64-byte boundary of the
+        file: memory-mapped, it is an aligned array."""
+        if self.compress:
+            return filename
+        info = zipfile.ZipInfo(filename, time.localtime()[:6])
+        # Local header: 30 bytes, the name, the extra field, then the 20-byte
+        # zip64 field that force_zip64 adds.
+        start = self.zip.fp.tell() + 30 + len(filename.encode()) + 4 + 20
+        info.extra = struct.pack("<HH", ALIGN_EXTRA_ID, -start % 64) + bytes(-start % 64)
+        return info
+
     @contextlib.contextmanager
     def stream(self, name, shape, dtype):
         """Yield ``write(chunk)``; the chunks, in order, must fill ``shape``."""
         dtype = np.dtype(dtype)
         expected = int(np.prod(shape)) * dtype.itemsize
         written = [0]
-        with self.zip.open(name + ".npy", "w", force_zip64=True) as f:
+        with self.zip.open(self.member(name + ".npy"), "w", force_zip64=True) as f:
             np.lib.format.write_array_header_1_0(f, {
                 "descr": np.lib.format.dtype_to_descr(dtype),
                 "fortran_order": False, "shape": tuple(shape)})

@@ -178,3 +178,17 @@ def test_npz_writer_round_trip_and_memory_map(tmp_path, compress):
     if not compress:
         with pytest.raises(ValueError):
             loaded["big"][0, 0] = 1
+        # Aligned even as a slice: Theano refuses unaligned arrays.
+        assert loaded["big"].ctypes.data % 64 == 0 and loaded["big"][3:7].flags.aligned
+
+
+def test_unaligned_stored_member_is_read_not_mapped(tmp_path):
+    import zipfile
+    big = np.arange(2**19, dtype=np.float32)
+    path = str(tmp_path / "u.npz")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        with z.open("x.npy", "w") as f:   # a 6-byte name: the data lands unaligned
+            np.lib.format.write_array(f, big)
+    loaded = data.load_npz(path)["x"]
+    assert not isinstance(loaded, np.memmap) and loaded.flags.aligned
+    np.testing.assert_array_equal(loaded, big)
