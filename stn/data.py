@@ -107,11 +107,10 @@ def load_npz(path, hint=None):
         raise UserError("%s: not an .npz file, or a truncated one; recreate it" % path)
     try:
         with np.load(path, allow_pickle=False) as f:
-            members = {name[:-4] if name.endswith(".npy") else name: f.zip.getinfo(name)
-                       for name in f.zip.namelist()}
             arrays = {}
-            for key in f.files:
-                mapped = mapped_member(path, members[key])
+            for info in f.zip.infolist():
+                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                mapped = mapped_member(path, info)
                 arrays[key] = f[key] if mapped is None else mapped
             return arrays
     except ValueError as e:

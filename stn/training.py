@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from . import cli, compiled, data
+from . import backend, cli, compiled, data
 from .errors import UserError
 
 EPSILON = 1e-5         # added to the softmax output before the log, as the chapter
@@ -156,7 +156,6 @@ def run_script(script, settings, create_data, nb_digits, build_model,
 
 def ready_line(compile_start):
     """How long compiling and the whole start-up took."""
-    from . import backend
     return "Compiled in %.1f s; training starts %.1f s after launch" % (
         time.time() - compile_start, time.time() - backend.started)
 
