@@ -10,7 +10,6 @@ import math
 import signal
 import sys
 import time
-from collections import OrderedDict
 
 import numpy as np
 
@@ -64,9 +63,6 @@ def add_training_flags(parser, default_output):
     add("-dropout", "--dropout", type=cli.probability, default=0.0,
         help="dropout before the dense layers, ramped up over epochs 0-4 "
              "(default: %(default)s)")
-    add("--loc-lr", type=cli.positive_float, default=1.0,
-        help="the localization network's learning rate, as a fraction of -lr "
-             "(default: %(default)s, the chapter's: one rate for all)")
     add("-downsample", "--downsample", type=cli.positive_float, default=3.0,
         help="the crop is the canvas side divided by this (default: %(default)s)")
     add("--epochs", type=cli.positive_int, default=300,
@@ -114,7 +110,7 @@ def run_script(script, settings, create_data, nb_digits, build_model,
     settings = dict(defaults, **settings)
     resume = settings.pop("resume")
     if resume:
-        settings = dict(defaults, **checkpoint_settings(resume))
+        settings = checkpoint_settings(resume)
     settings["script"] = script
     settings["checkpoint"] = (settings["checkpoint"]
                               or settings["output"].replace(".npz", "") + ".ckpt.npz")
@@ -148,8 +144,7 @@ def run_script(script, settings, create_data, nb_digits, build_model,
     print("Compiling the training and evaluation functions...")
     start = time.time()
     train_fn, eval_fn, sh_lr = build_functions(
-        l_in.input_var, l_out, l_A_net, settings["optimizer"], settings["lr"],
-        settings["loc_lr"])
+        l_in.input_var, l_out, l_A_net, settings["optimizer"], settings["lr"])
     print(ready_line(start))
     results = fit(train_fn, eval_fn, sh_lr, sh_drp, dataset, settings, resume=resume)
     print("Results in %s, checkpoint in %s" % (settings["output"],
@@ -165,16 +160,14 @@ def ready_line(compile_start):
         time.time() - compile_start, time.time() - backend.started)
 
 
-def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate, loc_lr=1.0):
+def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate):
     """Compile the chapter's functions for a classifier reading ``num_steps`` crops.
 
     ``l_out`` gives (batch * num_steps, 10) class probabilities, sample-major,
     and ``l_A_net`` the matching (batch * num_steps, 6) transforms, or
     (batch, 6 * branches) for parallel transformers.  Returns
     ``train_fn(X, y) -> (loss, probs)`` with y of shape (batch, num_steps),
-    ``eval_fn(X) -> (probs, A)`` and the shared learning rate.  The
-    localization network (every parameter below ``l_A_net``) learns at
-    ``loc_lr`` times that rate.
+    ``eval_fn(X) -> (probs, A)`` and the shared learning rate.
     """
     import lasagne
     import theano
@@ -190,16 +183,7 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate, loc_lr=
     grads = [T.clip(g, -CLIP_GRADIENT, CLIP_GRADIENT) for g in T.grad(cost, params)]
     grads = lasagne.updates.total_norm_constraint(grads, max_norm=MAX_NORM)
     update = {"rmsprop": lasagne.updates.rmsprop, "adam": lasagne.updates.adam}[optimizer]
-    if loc_lr == 1:
-        groups = [(params, sh_lr)]
-    else:
-        loc_params = set(lasagne.layers.get_all_params(l_A_net, trainable=True))
-        groups = [([p for p in params if p in loc_params], sh_lr * np.float32(loc_lr)),
-                  ([p for p in params if p not in loc_params], sh_lr)]
-    grad_of = dict(zip(params, grads))
-    updates = OrderedDict()
-    for group, rate in groups:
-        updates.update(update([grad_of[p] for p in group], group, learning_rate=rate))
+    updates = update(grads, params, learning_rate=sh_lr)
     train_fn, eval_fn = compiled.functions([
         ([input_var, target_var], [cost, output_train], updates),
         ([input_var], [output_eval, A_eval], None)])

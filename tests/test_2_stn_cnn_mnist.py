@@ -66,33 +66,6 @@ def test_parallel_branches_crop_separately(tmp_path, sequences1):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_localization_learns_at_its_own_rate(sequences1):
-    """--loc-lr 0.25: adam's first step moves each parameter by about its rate
-    (the sign of its gradient times the rate), so the localization network's
-    steps are a quarter of the classifier's."""
-    import lasagne
-    import theano
-    lasagne.random.set_rng(np.random.RandomState(0))
-    l_in, l_out, l_A_net, _ = script.build_model(60, 1, 3.0, theano.shared(np.float32(0)))
-    # A_net starts at W = 0, which would leave the layers below it no gradient.
-    l_A_net.W.set_value(np.random.RandomState(1).uniform(-.01, .01, (256, 6))
-                        .astype("float32"))
-    train_fn, _, _ = training.build_functions(l_in.input_var, l_out, l_A_net, "adam",
-                                              1e-3, loc_lr=0.25)
-    loc = set(lasagne.layers.get_all_params(l_A_net))
-    params = lasagne.layers.get_all_params(l_out)
-    assert 0 < len(loc) < len(params)
-    before = [p.get_value() for p in params]
-    dataset = data.load_sequences(sequences1)
-    train_fn(dataset["X_train"][:50], dataset["y_train"][:50])
-    steps = {True: [], False: []}
-    for p, value in zip(params, before):
-        step = np.abs(p.get_value() - value)
-        steps[p in loc].append(step[step > 0] / 1e-3)
-    assert np.median(np.concatenate(steps[True])) == pytest.approx(0.25, rel=0.02)
-    assert np.median(np.concatenate(steps[False])) == pytest.approx(1, rel=0.02)
-
-
 def test_lr_schedule_is_the_chapters():
     decays, last = [], -10**9
     for epoch in range(70):
