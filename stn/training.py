@@ -21,6 +21,7 @@ CLIP_GRADIENT = 1.0    # each gradient element is clipped to +-1 ...
 MAX_NORM = 5.0         # ... then all of them rescaled to a total norm of at most 5
 DROPOUT_RAMP = 4       # dropout grows linearly to its value over epochs 0-4
 MIN_CROP = 16          # the smallest crop the MNIST CNN (two 5x5 convs and pools) reads
+EPOCHS = 300           # the chapter's maximum number of epochs
 
 
 class Interrupted(UserError):
@@ -65,8 +66,9 @@ def add_training_flags(parser, default_output):
              "(default: %(default)s)")
     add("-downsample", "--downsample", type=cli.positive_float, default=3.0,
         help="the crop is the canvas side divided by this (default: %(default)s)")
-    add("--epochs", type=cli.positive_int, default=300,
-        help="maximum number of epochs (default: %(default)s)")
+    add("--epochs", type=cli.positive_int, default=None,
+        help="maximum number of epochs (default: %d, the chapter's; with --resume, "
+             "the run's own, which this raises or lowers)" % EPOCHS)
     add("--patience", type=cli.positive_int, default=50,
         help="stop after this many epochs without a validation gain "
              "(default: %(default)s)")
@@ -101,16 +103,18 @@ def run_script(script, settings, create_data, nb_digits, build_model,
     ``build_model(dim, num_steps, downsample, sh_drp, **model_settings)``,
     compile, train.  ``model_settings`` are the script's own flags with their
     defaults.  With ``settings["resume"]`` the checkpoint's settings are used
-    instead of the others.  Settings left out take the flags' defaults."""
+    instead of the others, except ``epochs`` if given.  Settings left out
+    take the flags' defaults."""
     model_settings = model_settings or {}
     defaults = dict(default_settings(), **model_settings)
     unknown = set(settings) - set(defaults) - {"data"}
     if unknown:
         raise TypeError("unknown settings: %s" % ", ".join(sorted(unknown)))
     settings = dict(defaults, **settings)
-    resume = settings.pop("resume")
+    resume, epochs = settings.pop("resume"), settings.pop("epochs")
     if resume:
         settings = checkpoint_settings(resume)
+    settings["epochs"] = epochs or settings.get("epochs") or EPOCHS
     settings["script"] = script
     settings["checkpoint"] = (settings["checkpoint"]
                               or settings["output"].replace(".npz", "") + ".ckpt.npz")

@@ -100,6 +100,16 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, sequences1, mo
     np.testing.assert_allclose(resumed["A"], expected["A"], rtol=1e-5, atol=1e-6)
 
 
+def test_resume_with_epochs_continues_a_finished_run(tmp_path, sequences1):
+    output, first = run(tmp_path, sequences1)
+    ckpt = str(tmp_path / "res.ckpt.npz")
+    assert script.main(resume=ckpt)["history_epoch"].tolist() == [0]  # already done
+    longer = script.main(resume=ckpt, epochs=2)
+    assert longer["history_epoch"].tolist() == [0, 1]
+    assert longer["history_test_acc"][0] == first["history_test_acc"][0]
+    assert training.checkpoint_settings(ckpt)["epochs"] == 2
+
+
 def test_nan_loss_stops_and_keeps_the_previous_results(tmp_path, sequences1):
     output = tmp_path / "res.npz"
     data.save_npz(str(output), previous=np.arange(3))
