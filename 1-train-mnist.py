@@ -16,11 +16,15 @@ import time
 
 from stn import cli
 
+EPOCHS = 100  # passes over the training set, unless --epochs says otherwise
+
 
 def build_parser():
     parser = cli.parser(__doc__)
-    parser.add_argument("--epochs", type=cli.positive_int, default=100,
-                        help="passes over the training set (default: %(default)s)")
+    parser.add_argument("--epochs", type=cli.positive_int, default=None,
+                        help="passes over the training set (default: %d; with "
+                             "--resume, the run's own, which this raises or lowers)"
+                        % EPOCHS)
     parser.add_argument("--batch-size", type=cli.positive_int, default=500,
                         help="minibatch size (default: %(default)s)")
     parser.add_argument("--lr", "--learning-rate", dest="learning_rate",
@@ -85,22 +89,24 @@ def build_functions(learning_rate):
     return network, train_fn, val_fn
 
 
-def main(epochs=100, batch_size=500, learning_rate=0.01, seed=1234, mnist=None,
+def main(epochs=None, batch_size=500, learning_rate=0.01, seed=1234, mnist=None,
          train_size=None, output="model.npz", checkpoint=None, resume=None):
     """Train, print the chapter's per-epoch block, save ``output``; return test accuracy.
 
     A checkpoint is written after every epoch; ``resume`` continues from one,
-    with the settings it was started with.
+    with the settings it was started with, except ``epochs`` if given.
     """
     # Settings first: check the output before an hour of training.
     import numpy as np
     from stn import data, training
     if resume:
         stored = training.checkpoint_settings(resume)
-        (epochs, batch_size, learning_rate, seed, mnist, train_size, output,
-         checkpoint) = (stored[k] for k in ("epochs", "batch_size", "learning_rate",
-                                            "seed", "mnist", "train_size", "output",
+        (batch_size, learning_rate, seed, mnist, train_size, output,
+         checkpoint) = (stored[k] for k in ("batch_size", "learning_rate", "seed",
+                                            "mnist", "train_size", "output",
                                             "checkpoint"))
+        epochs = epochs or stored["epochs"]
+    epochs = epochs or EPOCHS
     checkpoint = checkpoint or output.replace(".npz", "") + ".ckpt.npz"
     settings = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                     seed=seed, mnist=mnist, train_size=train_size, output=output,
