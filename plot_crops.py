@@ -81,8 +81,9 @@ def main(file, n=5, seed=111, output=None, show=False):
     # canvas read from the crops of parallel transformers (--branches).
     preds = res["preds"].reshape(count, -1)
     branches = preds.shape[1] != steps
-    downsample = float(res["downsample"]) if "downsample" in res else 3.0
-    out_height, out_width = int(height // downsample), int(width // downsample)
+    # The chapter's files lack the factor: theirs was 3.  A pair is (rows, cols).
+    factors = np.broadcast_to(res["downsample"] if "downsample" in res else 3.0, 2)
+    out_height, out_width = int(height // factors[0]), int(width // factors[1])
 
     chosen = np.random.RandomState(seed).choice(count, min(n, count), replace=False)
     plt = plots.pyplot(show)
@@ -114,8 +115,10 @@ def main(file, n=5, seed=111, output=None, show=False):
             ax.set_yticks([])
     if not branches:
         axes[0, 0].set_title("canvas")
-    fig.suptitle("%s: %dx%d crops (downsample %g)" % (os.path.basename(file), out_height,
-                                                       out_width, downsample))
+    factor = ("%g" % factors[0] if factors[0] == factors[1]
+              else "%g,%g" % tuple(factors))
+    fig.suptitle("%s: %dx%d crops (downsample %s)" % (os.path.basename(file), out_height,
+                                                       out_width, factor))
     plots.save_figure(fig, output, show)
     print("Wrote %s" % output)
     return output

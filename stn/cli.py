@@ -31,6 +31,16 @@ positive_float = flag_type(float, lambda v: 0 < v < float("inf"), "a positive nu
 probability = flag_type(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
+def factor_pair(text):
+    """A positive number, or two separated by a comma (rows,cols): a float, or
+    a (float, float) pair."""
+    parts = text.split(",")
+    if len(parts) > 2:
+        raise argparse.ArgumentTypeError("%r: give one number or two (rows,cols)" % text)
+    values = tuple(positive_float(part) for part in parts)
+    return values[0] if len(values) == 1 else values
+
+
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line, pointing to --help."""
 

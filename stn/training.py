@@ -64,8 +64,9 @@ def add_training_flags(parser, default_output):
     add("-dropout", "--dropout", type=cli.probability, default=0.0,
         help="dropout before the dense layers, ramped up over epochs 0-4 "
              "(default: %(default)s)")
-    add("-downsample", "--downsample", type=cli.positive_float, default=3.0,
-        help="the crop is the canvas side divided by this (default: %(default)s)")
+    add("-downsample", "--downsample", type=cli.factor_pair, default=3.0,
+        help="the crop is the canvas side divided by this; two numbers, rows,cols "
+             "(e.g. 1.5,3), give a crop that is not square (default: %(default)s)")
     add("--epochs", type=cli.positive_int, default=None,
         help="maximum number of epochs (default: %d, the chapter's; with --resume, "
              "the run's own, which this raises or lowers)" % EPOCHS)
@@ -127,11 +128,12 @@ def run_script(script, settings, create_data, nb_digits, build_model,
         for key in ("X_train", "y_train"):
             dataset[key] = dataset[key][:settings["train_size"]]
     dim = dataset["output_dim"]
-    if dim // settings["downsample"] < MIN_CROP:
-        raise UserError("-downsample %g: leaves a %d-pixel crop of the %d-pixel "
-                        "canvas; the classifier needs at least %d, so use at most %g"
-                        % (settings["downsample"], dim // settings["downsample"], dim,
-                           MIN_CROP, dim / float(MIN_CROP)))
+    for factor in np.broadcast_to(settings["downsample"], 2):
+        if dim // factor < MIN_CROP:
+            raise UserError("-downsample %g: leaves a %d-pixel crop of the %d-pixel "
+                            "canvas; the classifier needs at least %d, so use at most %g"
+                            % (factor, dim // factor, dim, MIN_CROP,
+                               dim / float(MIN_CROP)))
     for split in data.SPLITS:
         print("%-5s  X %s  y %s" % (split, dataset["X_" + split].shape,
                                     dataset["y_" + split].shape))

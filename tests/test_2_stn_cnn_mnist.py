@@ -35,6 +35,18 @@ def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences1):
     assert os.path.exists(str(tmp_path / "res.ckpt.npz"))
 
 
+def test_a_crop_that_is_not_square(tmp_path, sequences1):
+    assert cli.factor_pair("3") == 3.0 and cli.factor_pair("2,3") == (2.0, 3.0)
+    output, _ = run(tmp_path, sequences1, downsample=(2.0, 3.0))
+    res = data.load_npz(output)
+    assert res["downsample"].tolist() == [2.0, 3.0]
+    png = load_script("plot_crops.py").main(output)
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(UserError, match="-downsample 4: leaves a 15-pixel crop"):
+        run(tmp_path, sequences1, downsample=(2.0, 4.0))
+
+
 def test_parallel_branches_crop_separately(tmp_path, sequences1):
     import lasagne
     import theano
@@ -138,6 +150,9 @@ def test_downsample_too_large_is_refused_before_training(tmp_path, sequences1):
     (["--batch-size", "-1"], "argument --batch-size: must be at least 1"),
     (["-optimizer", "sgd"], "argument -optimizer/--optimizer: invalid choice: 'sgd'"),
     (["-downsample", "-2"], "argument -downsample/--downsample: must be a positive"),
+    (["-downsample", "2,0"], "argument -downsample/--downsample: must be a positive"),
+    (["-downsample", "1,2,3"], "argument -downsample/--downsample: '1,2,3': give one "
+                               "number or two (rows,cols)"),
     (["--output", "/no/such/dir/res.npz"], "--output /no/such/dir/res.npz: the "
                                            "directory /no/such/dir does not exist"),
 ])

@@ -12,15 +12,18 @@ from stn.layers import affine_transform
 script = load_script("plot_crops.py")
 
 
-def test_crops_match_the_transformer_layer():
+@pytest.mark.parametrize("factors, out_size", [((3, 3), (10, 10)), ((1.5, 3), (20, 10))])
+def test_crops_match_the_transformer_layer(factors, out_size):
     rng = np.random.RandomState(0)
     canvases = rng.rand(4, 1, 30, 30).astype(np.float32)
     thetas = (np.float32([0.4, 0, 0.1, 0, 0.4, -0.2]) + rng.uniform(-0.3, 0.3, (4, 6))).astype(np.float32)
     images, theta = T.tensor4(), T.matrix()
-    layer = theano.function([images, theta], affine_transform(theta, images, (3, 3), "nearest"))
+    layer = theano.function([images, theta], affine_transform(theta, images, factors,
+                                                               "nearest"))
     expected = layer(canvases, thetas)
+    assert expected.shape[2:] == out_size
     for i in range(4):
-        x, y = script.source_points(thetas[i], 10, 10, 30, 30)
+        x, y = script.source_points(thetas[i], out_size[0], out_size[1], 30, 30)
         np.testing.assert_allclose(script.bilinear(canvases[i, 0], x, y), expected[i, 0],
                                    atol=1e-5)
 
