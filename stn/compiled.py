@@ -5,7 +5,8 @@ each start: about 20 s for the STN's training function.  ``functions`` pickles
 the optimised functions under Theano's compile directory, keyed by a
 fingerprint of the graphs (every operation with its parameters, how they
 connect, the types, the constants, the shapes of the shared variables) and of
-Theano's configuration, and loads them when the same graphs are built again.
+Theano's configuration (its C-code settings, and the mode, optimizer, linker and
+profiling flags, which that hash leaves out), and loads them when the same graphs are built again.
 The loaded functions then work on the caller's own shared variables, so the
 parameters, their initial values and everything that reads them are the same
 as after a fresh compile.  ``STN_FUNCTION_CACHE=0`` turns the cache off.
@@ -21,6 +22,13 @@ import numpy as np
 from . import data
 
 KEEP = 12  # cached graphs kept; older ones are deleted
+# Theano flags that change how a graph is compiled but are not in Theano's own
+# configuration hash (it covers the C-code settings only): with
+# THEANO_FLAGS=profile=True or optimizer_excluding=... a cached function
+# compiled without them must not be loaded.
+COMPILE_FLAGS = ("mode", "linker", "optimizer", "optimizer_including",
+                 "optimizer_excluding", "optimizer_requiring", "allow_gc",
+                 "profile", "profile_memory", "profile_optimizer")
 
 
 @contextlib.contextmanager
@@ -50,7 +58,9 @@ def fingerprint(specs):
     from theano.compile import SharedVariable
     from theano.gof import Constant, graph
 
-    ids, lines, shared = {}, [theano.__version__, theano.configparser.get_config_hash()], []
+    ids, shared = {}, []
+    lines = [theano.__version__, theano.configparser.get_config_hash()]
+    lines += ["%s=%s" % (name, getattr(theano.config, name)) for name in COMPILE_FLAGS]
 
     def leaf(var):
         if isinstance(var, SharedVariable):

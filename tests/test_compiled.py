@@ -93,15 +93,27 @@ def test_the_cache_can_be_turned_off(cache, monkeypatch):
     assert os.listdir(str(cache)) == []
 
 
-def test_the_fingerprint_is_the_same_in_another_process():
+def fingerprint_in_another_process(extra_flags=""):
     import subprocess
     import sys
     here = os.path.dirname(os.path.abspath(__file__))
     code = ("import sys; sys.path.insert(0, %r); import conftest, test_compiled; "
             "print(test_compiled.compiled.fingerprint(test_compiled.build()[0])[0])" % here)
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           check=True).stdout.split()[-1]
-    assert other == compiled.fingerprint(build()[0])[0]
+    env = dict(os.environ)
+    env["THEANO_FLAGS"] = ",".join(f for f in [env.get("THEANO_FLAGS", ""), extra_flags] if f)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, env=env).stdout.split()[-1]
+
+
+def test_the_fingerprint_is_the_same_in_another_process():
+    assert fingerprint_in_another_process() == compiled.fingerprint(build()[0])[0]
+
+
+@pytest.mark.parametrize("flag", ["profile=True", "optimizer_excluding=conv_gemm",
+                                  "mode=FAST_COMPILE"])
+def test_the_fingerprint_follows_the_compile_flags(flag):
+    # Theano's own configuration hash is the same with and without these.
+    assert fingerprint_in_another_process(flag) != compiled.fingerprint(build()[0])[0]
 
 
 def test_only_the_most_recent_entries_are_kept(cache, monkeypatch):
