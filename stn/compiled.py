@@ -9,7 +9,8 @@ Theano's configuration (its C-code settings, and the mode, optimizer, linker and
 profiling flags, which that hash leaves out), and loads them when the same
 graphs are built again.  The loaded functions then work on the caller's own
 shared variables, so the parameters, their initial values and everything that
-reads them are the same as after a fresh compile.  ``STN_FUNCTION_CACHE=0`` turns the cache off.
+reads them are the same as after a fresh compile.  ``STN_FUNCTION_CACHE=0``
+turns the cache off.
 """
 import contextlib
 import hashlib
