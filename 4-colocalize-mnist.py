@@ -11,13 +11,18 @@ triplet hinge loss over random pairs (n, m) of canvases:
     max(0, |e(crop n) - e(crop m)|^2 - |e(crop n) - e(random crop of n)|^2 + margin)
 
 on L2-normalised encodings: the crops of two canvases must look more alike to
-the encoder than a crop and a random window of its own canvas.  What the
-canvases share is the digit, so the crops move onto it.
+the encoder than a crop and a random 28x28 window of its own canvas.  The
+crop keeps the digit's size (one canvas pixel per crop pixel) and moves, always
+inside the canvas.
 
-The network predicts an attention transform, a scale and a place: the crop
-starts as nearly the whole canvas (where every canvas shows its digit) and can
-shrink to the digit's size, always inside the canvas; the random window has
-the crop's scale at a random place.  Quality is the fraction of test canvases whose crop overlaps the digit's true
+Blank background is common to all canvases too, and on cluttered canvases a
+random window nearly always holds some clutter: with the loss above alone,
+every crop settles on the same empty corner.  So, by default, a second term of
+the same form takes an empty crop as the negative, and the crops must be less
+alike an empty crop than each other (--no-blank-negative drops it).  What is
+left for the canvases to share is the digit.
+
+Quality is the fraction of test canvases whose crop overlaps the digit's true
 box (from create_mnist_sequence.py) with IoU > 0.5; the boxes are used for
 that measure only.  Reads model.npz and the 1-digit dataset, writes a picture:
 
@@ -31,16 +36,16 @@ DEFAULT_DATA = "mnist_sequence1_sample_8distortions_9x9.npz"
 CREATE_DATA = "python create_mnist_sequence.py --nb_digits 1"
 CROP = 28           # crop side: the encoder's input, an MNIST digit's size
 IOU_THRESHOLD = 0.5
-START_LOGIT = 2.0   # the crop's first scale: 0.28 + 0.72 sigmoid(2) = 0.91 of the canvas
 
 
 def build_parser():
+    import argparse
     parser = cli.parser(__doc__)
     add = parser.add_argument
     cli.add_cnn_flags(parser, DEFAULT_DATA)
     add("--digit", type=int, choices=range(10), default=3, metavar="{0..9}",
         help="the class whose canvases are co-localised (default: %(default)s)")
-    add("--epochs", type=cli.positive_int, default=10,
+    add("--epochs", type=cli.positive_int, default=20,
         help="passes over that class's training canvases (default: %(default)s)")
     add("--batch-size", type=cli.positive_int, default=64,
         help="canvases per step, paired at random (default: %(default)s)")
@@ -48,6 +53,8 @@ def build_parser():
         help="adam learning rate (default: %(default)s)")
     add("--margin", type=cli.positive_float, default=0.5,
         help="hinge margin, in squared distance of unit vectors (default: %(default)s)")
+    add("--blank-negative", action=argparse.BooleanOptionalAction, default=True,
+        help="add the hinge term whose negative is an empty crop (default: on)")
     add("--train-size", type=cli.positive_int, default=None,
         help="use the first N canvases of the class only (default: all)")
     add("--seed", type=int, default=1234, help="random seed (default: %(default)s)")
@@ -104,8 +111,10 @@ def random_thetas(rng, n, scale):
 
 def place(scale, shift):
     """Theano: the transforms [s, 0, (1 - s) x, 0, s, (1 - s) y] of crops of
-    scale s (N,) whose shifts (x, y) (N, 2) in [-1, 1] span the canvas."""
+    scale s whose shifts (x, y) (N, 2) in [-1, 1] span the canvas."""
+    import numpy as np
     import theano.tensor as T
+    scale = T.ones_like(shift[:, 0]) * np.float32(scale)
     zero = T.zeros_like(scale)
     return T.stack([scale, zero, (1 - scale) * shift[:, 0], zero, scale,
                     (1 - scale) * shift[:, 1]], axis=1)
@@ -120,38 +129,34 @@ def build_model(dim, weights):
     (28x28 images -> 256 features, holding the trained weights).
     """
     import lasagne
-    import numpy as np
     import theano.tensor as T
     import mnist_cnn
     from lasagne.layers import (DenseLayer, DimshuffleLayer, InputLayer,
                                 MaxPool2DLayer, TransformerLayer)
 
     class PlaceLayer(lasagne.layers.Layer):
-        """Three numbers per canvas -> an attention transform (scale, shift):
-        the scale runs from the digit's size to the whole canvas, and the crop
-        stays inside the canvas."""
+        """Two numbers per canvas -> the transform of a crop of the given
+        scale, placed anywhere inside the canvas."""
 
-        def __init__(self, incoming, min_scale, **kwargs):
+        def __init__(self, incoming, scale, **kwargs):
             super(PlaceLayer, self).__init__(incoming, **kwargs)
-            self.min_scale = min_scale
+            self.scale = scale
 
         def get_output_shape_for(self, input_shape):
             return (input_shape[0], 6)
 
         def get_output_for(self, input, **kwargs):
-            scale = self.min_scale + (1 - self.min_scale) * T.nnet.sigmoid(input[:, 0])
-            return place(scale, T.tanh(input[:, 1:]))
+            return place(self.scale, T.tanh(input))
 
     layers = {"in": InputLayer((None, dim, dim))}
     l_dim = DimshuffleLayer(layers["in"], (0, 'x', 1, 2))
 
-    # Localization network: as the STN's, ending in the crop's scale and
-    # place.  It starts nearly at the identity (the whole canvas, where every
-    # canvas shows its digit) and learns to zoom in on what they share.
+    # Localization network: as the STN's, ending in the crop's place, which
+    # starts at the centre of the canvas.
     l_loc = mnist_cnn.model(MaxPool2DLayer(l_dim, pool_size=(2, 2)), input_dim=dim,
                             p=0.0, num_classes=0)
-    l_where = DenseLayer(l_loc, num_units=3, W=lasagne.init.Constant(0.0),
-                         b=np.float32([START_LOGIT, 0, 0]),
+    l_where = DenseLayer(l_loc, num_units=2, W=lasagne.init.Constant(0.0),
+                         b=lasagne.init.Constant(0.0),
                          nonlinearity=lasagne.nonlinearities.identity)
     layers["A_net"] = PlaceLayer(l_where, attention_scale(dim), name="A_net")
 
@@ -178,24 +183,23 @@ def triplet_hinge(e_n, e_m, e_r, margin):
     return T.maximum(0, near - far + margin).mean()
 
 
-def build_functions(layers, learning_rate, margin):
+def build_functions(layers, learning_rate, margin, blank_negative=True):
     """``train_fn(X, shifts) -> loss`` (one adam step on the localization
     network only; ``shifts`` (N, 2) uniform in [-1, 1] place each canvas's
-    random window) and ``look_fn(X) -> (thetas, crops)``."""
+    random window) and ``look_fn(X) -> (thetas, crops)``.  With
+    ``blank_negative`` the loss has a second term whose negative is an empty
+    crop."""
     import lasagne
-    import theano
     import theano.tensor as T
     from stn import compiled
     X = layers["in"].input_var
     shifts = T.matrix("shifts")
     A, crop = lasagne.layers.get_output([layers["A_net"], layers["crop"]],
                                         deterministic=True)
-    # The random window of each canvas has its learned crop's scale, at a
-    # random place: the same zoom, anywhere.
-    scale = theano.gradient.disconnected_grad(A[:, 0])
+    # The random window of each canvas: the crop's size, anywhere.
+    random_theta = place(layers["A_net"].scale, shifts)
     random_crop = lasagne.layers.get_output(
-        layers["random_crop"], {layers["in"]: X,
-                                layers["random_theta"]: place(scale, shifts)})
+        layers["random_crop"], {layers["in"]: X, layers["random_theta"]: random_theta})
 
     def encode(images):
         e = lasagne.layers.get_output(layers["encoder"], {layers["encoder_in"]: images},
@@ -205,7 +209,11 @@ def build_functions(layers, learning_rate, margin):
     e_n, e_r = encode(crop), encode(random_crop)
     # Random pairs: the minibatch is shuffled, so each canvas is paired with
     # the next one in it.
-    loss = triplet_hinge(e_n, T.roll(e_n, 1, axis=0), e_r, margin)
+    e_m = T.roll(e_n, 1, axis=0)
+    loss = triplet_hinge(e_n, e_m, e_r, margin)
+    if blank_negative:
+        e_blank = T.addbroadcast(encode(T.zeros((1, 1, CROP, CROP), crop.dtype)), 0)
+        loss += triplet_hinge(e_n, e_m, e_blank, margin)
     params = lasagne.layers.get_all_params(layers["A_net"], trainable=True)
     updates = lasagne.updates.adam(loss, params, learning_rate=learning_rate)
     train_fn, look_fn = compiled.functions([([X, shifts], loss, updates),
@@ -215,8 +223,8 @@ def build_functions(layers, learning_rate, margin):
 
 # ---- Main ----
 
-def main(model="model.npz", data=DEFAULT_DATA, digit=3, epochs=10, batch_size=64,
-         lr=0.001, margin=0.5, train_size=None, seed=1234, n=8,
+def main(model="model.npz", data=DEFAULT_DATA, digit=3, epochs=20, batch_size=64,
+         lr=0.001, margin=0.5, blank_negative=True, train_size=None, seed=1234, n=8,
          output="colocalize.png"):
     """Train, print the localisation quality each epoch, draw; return a dict
     with the history and the final test IoUs."""
@@ -249,7 +257,7 @@ def main(model="model.npz", data=DEFAULT_DATA, digit=3, epochs=10, batch_size=64
     rng = np.random.RandomState(seed)
     print("Compiling the training function...")
     layers = build_model(dim, weights)
-    train_fn, look_fn = build_functions(layers, lr, margin)
+    train_fn, look_fn = build_functions(layers, lr, margin, blank_negative)
     scale = attention_scale(dim)
 
     def quality():

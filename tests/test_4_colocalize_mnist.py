@@ -54,7 +54,7 @@ def test_place_layer_keeps_the_crop_inside(cnn_weights):
     import lasagne
     layers = script.build_model(60, cnn_weights)
     where = layers["A_net"].input_layer
-    where.b.set_value(np.float32([-50, 50, -50]))   # smallest, pushed to a corner
+    where.b.set_value(np.float32([50, -50]))   # pushed to the top right corner
     A = lasagne.layers.get_output(layers["A_net"], deterministic=True).eval(
         {layers["in"].input_var: np.zeros((2, 60, 60), np.float32)})
     scale = script.attention_scale(60)
@@ -63,6 +63,41 @@ def test_place_layer_keeps_the_crop_inside(cnn_weights):
     box = script.crop_boxes(A, 60, 28)[0]
     np.testing.assert_allclose(box, [32, 0, 60, 28], atol=1e-4)
     assert layers["crop"].output_shape == (None, 1, 28, 28)
+
+
+@pytest.mark.parametrize("blank_negative", [False, True])
+def test_loss_is_the_hinge_with_and_without_the_blank_term(cnn_weights, blank_negative):
+    # The training function's loss, before its step, against the same terms
+    # computed from the crops it looks at: NumPy encodings of its own crops,
+    # of the random windows the shifts place, and of an empty crop.
+    import lasagne
+    dim = 40
+    layers = script.build_model(dim, cnn_weights)
+    train_fn, look_fn = script.build_functions(layers, 0.0, 0.5, blank_negative)
+    rng = np.random.RandomState(4)
+    X = rng.rand(6, dim, dim).astype(np.float32)
+    shifts = rng.uniform(-1, 1, (6, 2)).astype(np.float32)
+    A, crops = look_fn(X)
+    scale = script.attention_scale(dim)
+    windows = np.zeros((6, 6), np.float32)
+    windows[:, 0] = windows[:, 4] = scale
+    windows[:, [2, 5]] = (1 - scale) * shifts
+    crop_fn = lasagne.layers.get_output(layers["random_crop"]).eval
+    random_crops = crop_fn({layers["in"].input_var: X,
+                            layers["random_theta"].input_var: windows})[:, 0]
+    encoder = lasagne.layers.get_output(layers["encoder"], deterministic=True)
+
+    def encode(images):
+        e = encoder.eval({layers["encoder_in"].input_var: images[:, None]})
+        return e / np.sqrt((e ** 2).sum(1, keepdims=True) + 1e-8)
+
+    e_n, e_r = encode(crops), encode(random_crops)
+    e_m, e_b = np.roll(e_n, 1, axis=0), encode(np.zeros((1, 28, 28), np.float32))
+    hinge = lambda neg: np.maximum(0, ((e_n - e_m) ** 2).sum(1)
+                                   - ((e_n - neg) ** 2).sum(1) + 0.5).mean()
+    expected = hinge(e_r) + (hinge(e_b) if blank_negative else 0)
+    assert hinge(e_b) > 0
+    np.testing.assert_allclose(train_fn(X, shifts), expected, rtol=1e-4)
 
 
 def test_main_trains_and_draws(model_file, sequences1, tmp_path):
