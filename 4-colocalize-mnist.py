@@ -4,8 +4,9 @@ The chapter's co-localisation section (after Jaderberg et al. 2015, "Spatial
 Transformer Networks", appendix), as code.  Every canvas of the set holds the
 same digit class among clutter, and no box is given.  A localization network
 with a TransformerLayer cuts a 28x28 crop out of each canvas; an encoder, the
-first layers of the classifier trained by 1-train-mnist.py (loaded from
-model.npz and frozen), turns each crop into 256 features.  Training minimises a
+first layers of the classifier trained by 1-train-mnist.py (its two
+convolution and pooling stages, loaded from model.npz and frozen), turns each
+crop into 32 maps of 4x4 features, which keep where the strokes are.  Training minimises a
 triplet hinge loss over random pairs (n, m) of canvases:
 
     max(0, |e(crop n) - e(crop m)|^2 - |e(crop n) - e(random crop of n)|^2 + margin)
@@ -126,12 +127,12 @@ def build_model(dim, weights):
     Returns a dict of layers: ``in`` (canvases), ``A_net`` (their transforms),
     ``crop`` (the learned 28x28 crops), ``random_theta`` (an input of
     transforms) and ``random_crop`` (its crops), ``encoder_in`` and ``encoder``
-    (28x28 images -> 256 features, holding the trained weights).
+    (28x28 images -> 512 features, holding the trained weights).
     """
     import lasagne
     import theano.tensor as T
     import mnist_cnn
-    from lasagne.layers import (DenseLayer, DimshuffleLayer, InputLayer,
+    from lasagne.layers import (DenseLayer, DimshuffleLayer, FlattenLayer, InputLayer,
                                 MaxPool2DLayer, TransformerLayer)
 
     class PlaceLayer(lasagne.layers.Layer):
@@ -151,11 +152,14 @@ def build_model(dim, weights):
     layers = {"in": InputLayer((None, dim, dim))}
     l_dim = DimshuffleLayer(layers["in"], (0, 'x', 1, 2))
 
-    # Localization network: as the STN's, ending in the crop's place, which
-    # starts at the centre of the canvas.
+    # Localization network: as the STN's, ending in the crop's place, near
+    # the centre of the canvas at first.  Its last weights start small and
+    # random rather than at zero: from one place shared by every canvas, the
+    # gradients of the pairs cancel out and, for some digits, the crops never
+    # leave the centre.
     l_loc = mnist_cnn.model(MaxPool2DLayer(l_dim, pool_size=(2, 2)), input_dim=dim,
                             p=0.0, num_classes=0)
-    l_where = DenseLayer(l_loc, num_units=2, W=lasagne.init.Constant(0.0),
+    l_where = DenseLayer(l_loc, num_units=2, W=lasagne.init.Normal(0.01),
                          b=lasagne.init.Constant(0.0),
                          nonlinearity=lasagne.nonlinearities.identity)
     layers["A_net"] = PlaceLayer(l_where, attention_scale(dim), name="A_net")
@@ -168,10 +172,13 @@ def build_model(dim, weights):
     layers["random_crop"] = TransformerLayer(l_dim, layers["random_theta"],
                                              downsample_factor=downsample)
 
-    # The encoder: the trained classifier up to its hidden layer, frozen.
+    # The encoder: the trained classifier's convolutional stages, frozen.  Its
+    # 256-unit hidden layer was tried too: it keeps less of where the strokes
+    # are, and the crops settled off their digits (README.md).
     layers["encoder_in"] = InputLayer((None, 1, CROP, CROP))
-    layers["encoder"] = mnist_cnn.model(layers["encoder_in"], p=0.0, num_classes=0)
-    lasagne.layers.set_all_param_values(layers["encoder"], weights[:6])
+    layers["encoder"] = FlattenLayer(mnist_cnn.model(layers["encoder_in"], p=0.0,
+                                                     num_units=0))
+    lasagne.layers.set_all_param_values(layers["encoder"], weights[:4])
     return layers
 
 
