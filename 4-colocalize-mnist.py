@@ -6,8 +6,8 @@ same digit class among clutter, and no box is given.  A localization network
 with a TransformerLayer cuts a 28x28 crop out of each canvas; an encoder, the
 first layers of the classifier trained by 1-train-mnist.py (its two
 convolution and pooling stages, loaded from model.npz and frozen), turns each
-crop into 32 maps of 4x4 features, which keep where the strokes are.  Training minimises a
-triplet hinge loss over random pairs (n, m) of canvases:
+crop into 32 maps of 4x4 features, which keep where the strokes are.
+Training minimises a triplet hinge loss over random pairs (n, m) of canvases:
 
     max(0, |e(crop n) - e(crop m)|^2 - |e(crop n) - e(random crop of n)|^2 + margin)
 
@@ -20,7 +20,7 @@ Blank background is common to all canvases too, and on cluttered canvases a
 random window nearly always holds some clutter: with the loss above alone,
 every crop settles on the same empty corner.  So, by default, a second term of
 the same form takes an empty crop as the negative, and the crops must be less
-alike an empty crop than each other (--no-blank-negative drops it).  What is
+like an empty crop than like each other (--no-blank-negative drops it).  What is
 left for the canvases to share is the digit.
 
 Quality is the fraction of test canvases whose crop overlaps the digit's true
