@@ -30,7 +30,8 @@ demo` (any 1-digit dataset with --data), writes a picture:
 
     python 4-colocalize-mnist.py --digit 3     # writes colocalize.png
 
-See README.md for measured figures.
+Expect 86% of the test canvases of 3s at IoU > 0.5 after the 20 epochs, in
+under 2 minutes on 2 cores; 8 classes of 10 reach 86-99.5% (README.md).
 """
 from stn import cli
 
