@@ -205,7 +205,8 @@ class ShimFinder(importlib.abc.MetaPathFinder):
 
     ``theano.tensor.signal.downsample`` comes from ``downsample_module`` and,
     once ``lasagne.layers`` has loaded, ``stn.layers.install`` adds the
-    TransformerLayer that Lasagne 0.1 lacks; ``theano.gof.op`` and
+    TransformerLayer that Lasagne 0.1 lacks; once ``theano.tensor.signal.pool``
+    has, ``stn.ops`` registers its faster pooling gradient; ``theano.gof.op`` and
     ``theano.gof.cc`` get ``stable_cop_version`` and
     ``version_parameterless_ops``, so that a warm start compiles no C code.
     """
@@ -214,7 +215,8 @@ class ShimFinder(importlib.abc.MetaPathFinder):
         if name == "theano.tensor.signal.downsample":
             return importlib.machinery.ModuleSpec(name, ShimLoader())
         after = {"lasagne.layers": install_layers, "theano.gof.op": stable_cop_version,
-                 "theano.gof.cc": version_parameterless_ops}
+                 "theano.gof.cc": version_parameterless_ops,
+                 "theano.tensor.signal.pool": install_ops}
         if name in after:
             spec = importlib.machinery.PathFinder.find_spec(name, path)
             if spec is not None:
@@ -261,6 +263,11 @@ def version_parameterless_ops(cc_module):
         return (tuple(version), key[1]) if all(version) else key
 
     cc_module.CLinker.cmodule_key_ = cmodule_key_
+
+
+def install_ops(pool_module):
+    """Theano's pooling has loaded: let its optimizer use ``stn.ops``."""
+    from . import ops  # noqa: F401  (registers its rewrites on import)
 
 
 def install_layers(lasagne_layers):

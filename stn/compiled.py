@@ -6,7 +6,7 @@ the optimised functions under Theano's compile directory, keyed by a
 fingerprint of the graphs (every operation with its parameters, how they
 connect, the types, the constants, the shapes of the shared variables) and of
 Theano's configuration (its C-code settings, and the mode, optimizer, linker and
-profiling flags, which that hash leaves out), and loads them when the same
+profiling flags, which that hash leaves out) and of ``stn/ops.py``, and loads them when the same
 graphs are built again.  The loaded functions then work on the caller's own
 shared variables, so the parameters, their initial values and everything that
 reads them are the same as after a fresh compile.  ``STN_FUNCTION_CACHE=0``
@@ -30,6 +30,9 @@ KEEP = 12  # cached graphs kept; older ones are deleted
 COMPILE_FLAGS = ("mode", "linker", "optimizer", "optimizer_including",
                  "optimizer_excluding", "optimizer_requiring", "allow_gc",
                  "profile", "profile_memory", "profile_optimizer")
+
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "ops.py"), "rb") as source:
+    OPS_DIGEST = hashlib.sha256(source.read()).hexdigest()
 
 
 @contextlib.contextmanager
@@ -62,6 +65,7 @@ def fingerprint(specs):
     ids, shared = {}, []
     lines = [theano.__version__, theano.configparser.get_config_hash()]
     lines += ["%s=%s" % (name, getattr(theano.config, name)) for name in COMPILE_FLAGS]
+    lines.append(OPS_DIGEST)  # the project's own rewrites shape the optimised graph
 
     def leaf(var):
         if isinstance(var, SharedVariable):
