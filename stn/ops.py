@@ -1,34 +1,129 @@
-"""Faster C code for a step of the chapter's networks, swapped in by Theano's optimizer.
+"""Faster C code for the pooling layers of the chapter's networks, swapped in by
+Theano's optimizer.
 
-``MaxPool2x2Grad`` computes exactly what Theano's ``MaxPoolGrad`` computes for
-the 2x2, stride-2 max pooling of ``mnist_cnn.model`` (every input equal to its
-window's maximum receives the window's gradient, the rest 0), in one parallel
-pass over the input.  Theano's op first fills its output with zeros on one
-thread and then walks the windows with generic index arithmetic: 14% of an STN
-training step.  Importing the module adds the rewrite to Theano's
-``specialize`` phase; ``stn.backend`` imports it as soon as Theano has loaded.
+Each op computes what a Theano op computes for ``mnist_cnn.model``'s 2x2,
+stride-2 max pooling and its convolutions' biases, in one pass over the data and
+a plane or a channel per OpenMP thread:
+
+* ``MaxPool2x2``: Theano's ``Pool`` (the same maxima, NaN included);
+* ``MaxPool2x2Grad``: Theano's ``MaxPoolGrad`` (every input equal to its
+  window's maximum receives the window's gradient, the rest 0).  Theano's fills
+  its output with zeros on one thread and walks the windows with generic index
+  arithmetic: 14% of an STN training step;
+* ``ChannelSum``: Theano's ``Sum{axis=[0, 2, 3], acc_dtype=float64}`` of
+  float32, the gradient of a convolution's biases, which Theano sums on one
+  thread.
+
+Importing the module adds the rewrites to Theano's ``specialize`` phase;
+``stn.backend`` imports it as soon as Theano's pooling has loaded.
 """
+import hashlib
+
 import numpy as np
-import theano
 import theano.tensor as T
 from theano.gof import Apply, OpenMPOp, local_optimizer
-from theano.tensor.signal.pool import MaxPoolGrad
+from theano.tensor.signal.pool import MaxPoolGrad, Pool
+
+FLOATS = ("float32", "float64")
 
 
-class MaxPool2x2Grad(OpenMPOp):
+class PlaneKernel(OpenMPOp):
+    """An op whose C code is ``template``, formatted with the names in
+    ``c_names`` (inputs, then the output), ``dtype`` (the C type of the first
+    input), ``omp`` (the OpenMP pragma, or nothing) and ``fail``."""
+    __props__ = ()
+    c_names = ()
+    template = ""
+
+    def c_code_cache_version(self):
+        # Versioned by the text itself: a changed kernel is compiled afresh.
+        digest = hashlib.sha256(self.template.encode()).hexdigest()
+        return (int(digest[:15], 16), self.openmp)
+
+    def c_code(self, node, name, inputs, outputs, sub):
+        names = dict(zip(self.c_names, list(inputs) + list(outputs)))
+        names.update(dtype="npy_" + node.inputs[0].dtype, fail=sub["fail"],
+                     omp="#pragma omp parallel for schedule(static)" if self.openmp else "")
+        return self.template % names
+
+
+class MaxPool2x2(PlaneKernel):
+    """2x2, stride-2, unpadded max pooling (ignore_border=True) of a 4-d tensor."""
+    c_names = ("x", "z")
+
+    def make_node(self, x):
+        x = T.as_tensor_variable(x)
+        if x.ndim != 4 or x.dtype not in FLOATS:
+            raise TypeError("MaxPool2x2 takes a 4-d float tensor")
+        return Apply(self, [x], [x.type()])
+
+    def perform(self, node, inputs, outputs):
+        x, = inputs
+        b, c, rows, cols = x.shape
+        top = x[:, :, :rows // 2 * 2, :cols // 2 * 2]
+        outputs[0][0] = top.reshape(b, c, rows // 2, 2, cols // 2, 2).max(axis=(3, 5))
+
+    def infer_shape(self, node, shapes):
+        b, c, rows, cols = shapes[0]
+        return [(b, c, rows // 2, cols // 2)]
+
+    template = """
+    {
+    PyArrayObject *xc = PyArray_GETCONTIGUOUS(%(x)s);
+    int ok = xc != NULL;
+    npy_intp zd[4];
+    if (ok) {
+        npy_intp *xd = PyArray_DIMS(xc);
+        zd[0] = xd[0]; zd[1] = xd[1]; zd[2] = xd[2] / 2; zd[3] = xd[3] / 2;
+    }
+    if (ok && !(%(z)s && PyArray_IS_C_CONTIGUOUS(%(z)s)
+                && PyArray_CompareLists(PyArray_DIMS(%(z)s), zd, 4))) {
+        Py_XDECREF(%(z)s);
+        %(z)s = (PyArrayObject*)PyArray_EMPTY(4, zd, PyArray_TYPE(xc), 0);
+        ok = %(z)s != NULL;
+    }
+    if (ok) {
+        const npy_intp planes = zd[0] * zd[1], zrows = zd[2], zcols = zd[3];
+        const npy_intp rows = PyArray_DIMS(xc)[2], cols = PyArray_DIMS(xc)[3];
+        const %(dtype)s *xp = (%(dtype)s*)PyArray_DATA(xc);
+        %(dtype)s *zp = (%(dtype)s*)PyArray_DATA(%(z)s);
+        %(omp)s
+        for (npy_intp p = 0; p < planes; p++) {
+            const %(dtype)s *xs = xp + p * rows * cols;
+            %(dtype)s *out = zp + p * zrows * zcols;
+            for (npy_intp i = 0; i < zrows; i++) {
+                const %(dtype)s *x0 = xs + 2 * i * cols, *x1 = x0 + cols;
+                for (npy_intp j = 0; j < zcols; j++) {
+                    /* Theano's order: row by row, a later value wins if larger */
+                    %(dtype)s m = x0[2 * j];
+                    if (x0[2 * j + 1] > m) m = x0[2 * j + 1];
+                    if (x1[2 * j] > m) m = x1[2 * j];
+                    if (x1[2 * j + 1] > m) m = x1[2 * j + 1];
+                    out[i * zcols + j] = m;
+                }
+            }
+        }
+    }
+    Py_XDECREF(xc);
+    if (!ok) %(fail)s
+    }
+    """
+
+
+class MaxPool2x2Grad(PlaneKernel):
     """Gradient of a 2x2, stride-2, unpadded max pooling (ignore_border=True).
 
     Inputs: ``x`` (batch, channels, rows, cols), its pooling ``z`` and the
     gradient ``gz`` with respect to ``z``.  Output: the gradient with respect to
     ``x``; a last odd row or column, which no window covers, gets 0.
     """
-    __props__ = ()
+    c_names = ("x", "z", "gz", "gx")
 
     def make_node(self, x, z, gz):
         x, z, gz = (T.as_tensor_variable(v) for v in (x, z, gz))
         if x.ndim != 4 or z.ndim != 4 or gz.ndim != 4:
             raise TypeError("MaxPool2x2Grad takes 4-d x, z and gz")
-        if not x.dtype == z.dtype == gz.dtype or x.dtype not in ("float32", "float64"):
+        if not x.dtype == z.dtype == gz.dtype or x.dtype not in FLOATS:
             raise TypeError("MaxPool2x2Grad takes x, z and gz of one float dtype")
         return Apply(self, [x, z, gz], [x.type()])
 
@@ -44,73 +139,127 @@ class MaxPool2x2Grad(OpenMPOp):
     def infer_shape(self, node, shapes):
         return [shapes[0]]
 
-    def c_code_cache_version(self):
-        return (1, self.openmp)
-
-    def c_code(self, node, name, inputs, outputs, sub):
-        x, z, gz = inputs
-        gx, = outputs
-        fail = sub["fail"]
-        dtype = "npy_" + node.inputs[0].dtype
-        omp = "#pragma omp parallel for schedule(static)" if self.openmp else ""
-        return """
-        {
-        PyArrayObject *xc = PyArray_GETCONTIGUOUS(%(x)s);
-        PyArrayObject *zc = PyArray_GETCONTIGUOUS(%(z)s);
-        PyArrayObject *gzc = PyArray_GETCONTIGUOUS(%(gz)s);
-        npy_intp *xd = PyArray_DIMS(xc), *zd = PyArray_DIMS(zc);
-        int ok = xc && zc && gzc;
-        if (ok && (zd[0] != xd[0] || zd[1] != xd[1] || zd[2] != xd[2] / 2
-                   || zd[3] != xd[3] / 2
-                   || !PyArray_CompareLists(zd, PyArray_DIMS(gzc), 4))) {
-            PyErr_SetString(PyExc_ValueError,
-                            "MaxPool2x2Grad: z and gz must be x pooled 2x2");
-            ok = 0;
-        }
-        if (ok && !(%(gx)s && PyArray_IS_C_CONTIGUOUS(%(gx)s)
-                    && PyArray_CompareLists(PyArray_DIMS(%(gx)s), xd, 4))) {
-            Py_XDECREF(%(gx)s);
-            %(gx)s = (PyArrayObject*)PyArray_EMPTY(4, xd, PyArray_TYPE(xc), 0);
-            ok = %(gx)s != NULL;
-        }
-        if (ok) {
-            const npy_intp planes = xd[0] * xd[1], rows = xd[2], cols = xd[3];
-            const npy_intp zrows = zd[2], zcols = zd[3];
-            const %(dtype)s *xp = (%(dtype)s*)PyArray_DATA(xc);
-            const %(dtype)s *zp = (%(dtype)s*)PyArray_DATA(zc);
-            const %(dtype)s *gzp = (%(dtype)s*)PyArray_DATA(gzc);
-            %(dtype)s *gxp = (%(dtype)s*)PyArray_DATA(%(gx)s);
-            %(omp)s
-            for (npy_intp p = 0; p < planes; p++) {
-                const %(dtype)s *xs = xp + p * rows * cols;
-                const %(dtype)s *zs = zp + p * zrows * zcols;
-                const %(dtype)s *gs = gzp + p * zrows * zcols;
-                %(dtype)s *out = gxp + p * rows * cols;
-                for (npy_intp i = 0; i < zrows; i++) {
-                    const %(dtype)s *x0 = xs + 2 * i * cols, *x1 = x0 + cols;
-                    %(dtype)s *o0 = out + 2 * i * cols, *o1 = o0 + cols;
-                    for (npy_intp j = 0; j < zcols; j++) {
-                        const %(dtype)s m = zs[i * zcols + j];
-                        /* 0 + g, as Theano adds the gradient to a zeroed output */
-                        const %(dtype)s g = (%(dtype)s)0 + gs[i * zcols + j];
-                        o0[2 * j] = x0[2 * j] == m ? g : 0;
-                        o0[2 * j + 1] = x0[2 * j + 1] == m ? g : 0;
-                        o1[2 * j] = x1[2 * j] == m ? g : 0;
-                        o1[2 * j + 1] = x1[2 * j + 1] == m ? g : 0;
-                    }
-                    for (npy_intp j = 2 * zcols; j < cols; j++)
-                        o0[j] = o1[j] = 0;
+    template = """
+    {
+    PyArrayObject *xc = PyArray_GETCONTIGUOUS(%(x)s);
+    PyArrayObject *zc = PyArray_GETCONTIGUOUS(%(z)s);
+    PyArrayObject *gzc = PyArray_GETCONTIGUOUS(%(gz)s);
+    int ok = xc && zc && gzc;
+    npy_intp *xd = ok ? PyArray_DIMS(xc) : NULL, *zd = ok ? PyArray_DIMS(zc) : NULL;
+    if (ok && (zd[0] != xd[0] || zd[1] != xd[1] || zd[2] != xd[2] / 2
+               || zd[3] != xd[3] / 2
+               || !PyArray_CompareLists(zd, PyArray_DIMS(gzc), 4))) {
+        PyErr_SetString(PyExc_ValueError,
+                        "MaxPool2x2Grad: z and gz must be x pooled 2x2");
+        ok = 0;
+    }
+    if (ok && !(%(gx)s && PyArray_IS_C_CONTIGUOUS(%(gx)s)
+                && PyArray_CompareLists(PyArray_DIMS(%(gx)s), xd, 4))) {
+        Py_XDECREF(%(gx)s);
+        %(gx)s = (PyArrayObject*)PyArray_EMPTY(4, xd, PyArray_TYPE(xc), 0);
+        ok = %(gx)s != NULL;
+    }
+    if (ok) {
+        const npy_intp planes = xd[0] * xd[1], rows = xd[2], cols = xd[3];
+        const npy_intp zrows = zd[2], zcols = zd[3];
+        const %(dtype)s *xp = (%(dtype)s*)PyArray_DATA(xc);
+        const %(dtype)s *zp = (%(dtype)s*)PyArray_DATA(zc);
+        const %(dtype)s *gzp = (%(dtype)s*)PyArray_DATA(gzc);
+        %(dtype)s *gxp = (%(dtype)s*)PyArray_DATA(%(gx)s);
+        %(omp)s
+        for (npy_intp p = 0; p < planes; p++) {
+            const %(dtype)s *xs = xp + p * rows * cols;
+            const %(dtype)s *zs = zp + p * zrows * zcols;
+            const %(dtype)s *gs = gzp + p * zrows * zcols;
+            %(dtype)s *out = gxp + p * rows * cols;
+            for (npy_intp i = 0; i < zrows; i++) {
+                const %(dtype)s *x0 = xs + 2 * i * cols, *x1 = x0 + cols;
+                %(dtype)s *o0 = out + 2 * i * cols, *o1 = o0 + cols;
+                for (npy_intp j = 0; j < zcols; j++) {
+                    const %(dtype)s m = zs[i * zcols + j];
+                    /* 0 + g, as Theano adds the gradient to a zeroed output */
+                    const %(dtype)s g = (%(dtype)s)0 + gs[i * zcols + j];
+                    o0[2 * j] = x0[2 * j] == m ? g : 0;
+                    o0[2 * j + 1] = x0[2 * j + 1] == m ? g : 0;
+                    o1[2 * j] = x1[2 * j] == m ? g : 0;
+                    o1[2 * j + 1] = x1[2 * j + 1] == m ? g : 0;
                 }
-                for (npy_intp k = 2 * zrows * cols; k < rows * cols; k++)
-                    out[k] = 0;
+                for (npy_intp j = 2 * zcols; j < cols; j++)
+                    o0[j] = o1[j] = 0;
             }
+            for (npy_intp k = 2 * zrows * cols; k < rows * cols; k++)
+                out[k] = 0;
         }
-        Py_XDECREF(xc);
-        Py_XDECREF(zc);
-        Py_XDECREF(gzc);
-        if (!ok) %(fail)s
+    }
+    Py_XDECREF(xc);
+    Py_XDECREF(zc);
+    Py_XDECREF(gzc);
+    if (!ok) %(fail)s
+    }
+    """
+
+
+class ChannelSum(PlaneKernel):
+    """Sum of a 4-d float32 tensor over axes 0, 2 and 3, accumulated in float64."""
+    c_names = ("x", "total")
+
+    def make_node(self, x):
+        x = T.as_tensor_variable(x)
+        if x.ndim != 4 or x.dtype != "float32":
+            raise TypeError("ChannelSum takes a 4-d float32 tensor")
+        return Apply(self, [x], [T.vector(dtype="float32")])
+
+    def perform(self, node, inputs, outputs):
+        x, = inputs
+        outputs[0][0] = x.sum(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
+
+    def infer_shape(self, node, shapes):
+        return [(shapes[0][1],)]
+
+    template = """
+    {
+    PyArrayObject *xc = PyArray_GETCONTIGUOUS(%(x)s);
+    int ok = xc != NULL;
+    npy_intp channels = ok ? PyArray_DIMS(xc)[1] : 0;
+    if (ok && !(%(total)s && PyArray_DIMS(%(total)s)[0] == channels
+                && PyArray_IS_C_CONTIGUOUS(%(total)s))) {
+        Py_XDECREF(%(total)s);
+        %(total)s = (PyArrayObject*)PyArray_EMPTY(1, &channels, NPY_FLOAT32, 0);
+        ok = %(total)s != NULL;
+    }
+    if (ok) {
+        const npy_intp batch = PyArray_DIMS(xc)[0];
+        const npy_intp plane = PyArray_DIMS(xc)[2] * PyArray_DIMS(xc)[3];
+        const npy_float32 *xp = (npy_float32*)PyArray_DATA(xc);
+        npy_float32 *tp = (npy_float32*)PyArray_DATA(%(total)s);
+        %(omp)s
+        for (npy_intp c = 0; c < channels; c++) {
+            double acc = 0;
+            for (npy_intp b = 0; b < batch; b++) {
+                const npy_float32 *xs = xp + (b * channels + c) * plane;
+                for (npy_intp k = 0; k < plane; k++)
+                    acc += xs[k];
+            }
+            tp[c] = (npy_float32)acc;
         }
-        """ % locals()
+    }
+    Py_XDECREF(xc);
+    if (!ok) %(fail)s
+    }
+    """
+
+
+def pooling_2x2(node):
+    """Whether ``node`` (a Pool or MaxPoolGrad) is a 2x2, stride-2, unpadded
+    max pooling of 4-d floats that ignores the border."""
+    op, x = node.op, node.inputs[0]
+    if not (op.mode == "max" and op.ndim == 2 and op.ignore_border
+            and x.ndim == 4 and x.dtype in FLOATS
+            and all(v.dtype == x.dtype for v in node.inputs[1:-3])):
+        return False
+    ws, stride, pad = node.inputs[-3:]
+    return (constant_pair(ws, (2, 2)) and constant_pair(stride, (2, 2))
+            and constant_pair(pad, (0, 0)))
 
 
 def constant_pair(var, value):
@@ -121,19 +270,28 @@ def constant_pair(var, value):
         return False
 
 
+@local_optimizer([Pool])
+def local_maxpool_2x2(node):
+    if isinstance(node.op, Pool) and pooling_2x2(node):
+        return [MaxPool2x2(openmp=node.op.openmp)(node.inputs[0])]
+    return False
+
+
 @local_optimizer([MaxPoolGrad])
 def local_maxpool_2x2_grad(node):
-    op = node.op
-    if not (isinstance(op, MaxPoolGrad) and op.mode == "max" and op.ndim == 2
-            and op.ignore_border and node.inputs[0].ndim == 4):
-        return False
-    x, z, gz, ws, stride, pad = node.inputs
-    if not (constant_pair(ws, (2, 2)) and constant_pair(stride, (2, 2))
-            and constant_pair(pad, (0, 0))):
-        return False
-    if not x.dtype == z.dtype == gz.dtype or x.dtype not in ("float32", "float64"):
-        return False
-    return [MaxPool2x2Grad(openmp=op.openmp)(x, z, gz)]
+    if isinstance(node.op, MaxPoolGrad) and pooling_2x2(node):
+        return [MaxPool2x2Grad(openmp=node.op.openmp)(*node.inputs[:3])]
+    return False
 
 
-T.opt.register_specialize(local_maxpool_2x2_grad)
+@local_optimizer([T.Sum])
+def local_channel_sum(node):
+    op, x = node.op, node.inputs[0]
+    if (isinstance(op, T.Sum) and x.ndim == 4 and tuple(op.axis or ()) == (0, 2, 3)
+            and x.dtype == op.dtype == "float32" and op.acc_dtype == "float64"):
+        return [ChannelSum()(x)]
+    return False
+
+
+for rewrite in (local_maxpool_2x2, local_maxpool_2x2_grad, local_channel_sum):
+    T.opt.register_specialize(rewrite)
