@@ -205,8 +205,8 @@ class ShimFinder(importlib.abc.MetaPathFinder):
 
     ``theano.tensor.signal.downsample`` comes from ``downsample_module`` and,
     once ``lasagne.layers`` has loaded, ``stn.layers.install`` adds the
-    TransformerLayer that Lasagne 0.1 lacks; once ``theano.tensor.signal.pool``
-    has, ``stn.ops`` registers its faster pooling gradient; ``theano.gof.op`` and
+    TransformerLayer that Lasagne 0.1 lacks; once ``theano`` has, ``stn.ops``
+    installs its faster kernels; ``theano.gof.op`` and
     ``theano.gof.cc`` get ``stable_cop_version`` and
     ``version_parameterless_ops``, so that a warm start compiles no C code.
     """
@@ -216,7 +216,7 @@ class ShimFinder(importlib.abc.MetaPathFinder):
             return importlib.machinery.ModuleSpec(name, ShimLoader())
         after = {"lasagne.layers": install_layers, "theano.gof.op": stable_cop_version,
                  "theano.gof.cc": version_parameterless_ops,
-                 "theano.tensor.signal.pool": install_ops}
+                 "theano": install_ops}
         if name in after:
             spec = importlib.machinery.PathFinder.find_spec(name, path)
             if spec is not None:
@@ -265,8 +265,8 @@ def version_parameterless_ops(cc_module):
     cc_module.CLinker.cmodule_key_ = cmodule_key_
 
 
-def install_ops(pool_module):
-    """Theano's pooling has loaded: let its optimizer use ``stn.ops``."""
+def install_ops(theano_module):
+    """Theano has loaded: give it the faster kernels of ``stn.ops``."""
     from . import ops  # noqa: F401  (registers its rewrites on import)
 
 

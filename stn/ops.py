@@ -14,14 +14,22 @@ a plane or a channel per OpenMP thread:
   float32, the gradient of a convolution's biases, which Theano sums on one
   thread.
 
-Importing the module adds the rewrites to Theano's ``specialize`` phase;
-``stn.backend`` imports it as soon as Theano's pooling has loaded.
+It also gives the convolutions (Theano's ``CorrMM`` and its gradients) a fast
+path for the unpadded, unstrided, undilated case of every layer here: the
+unfolding of an image into columns (``im2col``) and its reverse
+(``col2im``) copy and add whole rows, which the compiler vectorises, where
+Theano checks the bounds of each pixel.  They took about half of each
+convolution.  The same values are copied and added in the same order.
+
+Importing the module patches ``CorrMM`` and adds the rewrites to Theano's
+``specialize`` phase; ``stn.backend`` imports it as soon as Theano has loaded.
 """
 import hashlib
 
 import numpy as np
 import theano.tensor as T
 from theano.gof import Apply, OpenMPOp, local_optimizer
+from theano.tensor.nnet import corr
 from theano.tensor.signal.pool import MaxPoolGrad, Pool
 
 FLOATS = ("float32", "float64")
@@ -249,6 +257,65 @@ class ChannelSum(PlaneKernel):
     """
 
 
+# Inserted at the top of Theano's im2col and col2im (theano/tensor/nnet/c_code/
+# corr_gemm.c, a %-template: hence %%) after the line each is keyed on.
+IM2COL_FAST = """
+  if (dilation_h == 1 && dilation_w == 1 && stride_h == 1 && stride_w == 1
+      && pad_hl == 0 && pad_hr == 0 && pad_wl == 0 && pad_wr == 0) {
+    for (int c = 0; c < channels_col; ++c) {
+      const int w_offset = c %% kernel_w, h_offset = (c / kernel_w) %% kernel_h;
+      const int c_im = c / kernel_h / kernel_w;
+      for (int h = 0; h < height_col; ++h) {
+        const %(float_type)s *src = data_im + (npy_intp)(c_im * height + h + h_offset) * width + w_offset;
+        %(float_type)s *dst = data_col + (npy_intp)(c * height_col + h) * width_col;
+        for (int w = 0; w < width_col; ++w) dst[w] = src[w];
+      }
+    }
+    return;
+  }
+"""
+COL2IM_FAST = """
+  if (dilation_h == 1 && dilation_w == 1 && stride_h == 1 && stride_w == 1
+      && pad_hl == 0 && pad_hr == 0 && pad_wl == 0 && pad_wr == 0) {
+    for (int c = 0; c < channels_col; ++c) {
+      const int w_offset = c %% patch_w, h_offset = (c / patch_w) %% patch_h;
+      const int c_im = c / patch_h / patch_w;
+      for (int h = 0; h < height_col; ++h) {
+        const %(float_type)s *src = data_col + (npy_intp)(c * height_col + h) * width_col;
+        %(float_type)s *dst = data_im + (npy_intp)(c_im * height + h + h_offset) * width + w_offset;
+        for (int w = 0; w < width_col; ++w) dst[w] += src[w];
+      }
+    }
+    return;
+  }
+"""
+CORR_ANCHORS = [("  int channels_col = channels * kernel_h * kernel_w;\n", IM2COL_FAST),
+                ("  int channels_col = channels * patch_h * patch_w;\n", COL2IM_FAST)]
+CORR_DIGEST = int(hashlib.sha256((IM2COL_FAST + COL2IM_FAST).encode()).hexdigest()[:15], 16)
+
+
+def patch_corr_mm(base=corr.BaseCorrMM):
+    """Insert the fast paths into the C code of ``CorrMM`` and its gradients."""
+    support_code_apply = base.c_support_code_apply
+    cache_version = base.c_code_cache_version
+
+    def c_support_code_apply(self, node, nodename):
+        code = support_code_apply(self, node, nodename)
+        float_type = "npy_float" if node.inputs[0].dtype == "float32" else "npy_double"
+        for anchor, fast in CORR_ANCHORS:
+            if code.count(anchor) != 1:
+                raise RuntimeError("stn.ops: Theano's corr_gemm.c is not the one "
+                                   "this project patches (Theano 1.0.5)")
+            code = code.replace(anchor, anchor + fast % {"float_type": float_type})
+        return code
+
+    def c_code_cache_version(self):
+        return cache_version(self) + (CORR_DIGEST,)
+
+    base.c_support_code_apply = c_support_code_apply
+    base.c_code_cache_version = c_code_cache_version
+
+
 def pooling_2x2(node):
     """Whether ``node`` (a Pool or MaxPoolGrad) is a 2x2, stride-2, unpadded
     max pooling of 4-d floats that ignores the border."""
@@ -293,5 +360,6 @@ def local_channel_sum(node):
     return False
 
 
+patch_corr_mm()
 for rewrite in (local_maxpool_2x2, local_maxpool_2x2_grad, local_channel_sum):
     T.opt.register_specialize(rewrite)

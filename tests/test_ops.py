@@ -1,11 +1,18 @@
-"""stn.ops: the faster pooling, its gradient and the bias-gradient sum compute
-what Theano's own ops compute (bit for bit, the sum to float32 rounding)."""
+"""stn.ops: the faster pooling, its gradient, the bias-gradient sum and the
+convolutions' fast paths compute what Theano's own code computes (bit for bit;
+the sum to float32 rounding)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import theano
 import theano.tensor as T
+from theano.tensor.nnet import corr
 from theano.tensor.signal.pool import MaxPoolGrad, Pool, pool_2d
 
+from conftest import ROOT
 from stn.ops import ChannelSum, MaxPool2x2, MaxPool2x2Grad
 
 
@@ -106,3 +113,65 @@ def test_stn_training_step_uses_it():
     ops = grad_ops(train_fn)
     assert {MaxPool2x2, MaxPool2x2Grad, ChannelSum} <= ops
     assert not {Pool, MaxPoolGrad} & ops
+
+
+CONVOLUTIONS = """
+import sys
+import numpy as np
+import theano
+import theano.tensor as T
+x, w = T.tensor4(), T.tensor4()
+y = T.nnet.conv2d(x, w)
+f = theano.function([x, w], [y] + theano.grad((y * y[::-1]).sum(), [x, w]))
+ops = {type(n.op).__name__ for n in f.maker.fgraph.toposort()}
+assert {"CorrMM", "CorrMM_gradInputs", "CorrMM_gradWeights"} <= ops, ops
+args = np.load(sys.argv[1])
+np.savez(sys.argv[2], *f(args["x"], args["w"]))
+"""
+
+
+@pytest.fixture(scope="module")
+def plain_compiledir(tmp_path_factory):
+    """A Theano cache of its own for Theano as released: unpickling the
+    project's cache entries would import stn.ops, and so patch it."""
+    return str(tmp_path_factory.mktemp("plain_theano"))
+
+
+@pytest.mark.parametrize("x_shape, w_shape", [((6, 32, 23, 23), (32, 32, 5, 5)),
+                                              ((4, 3, 11, 9), (5, 3, 3, 4))])
+def test_convolutions_equal_plain_theano_bit_for_bit(tmp_path, plain_compiledir,
+                                                     x_shape, w_shape):
+    """The convolution and both its gradients, with the im2col/col2im fast
+    paths, against an interpreter running Theano 1.0.5 as released (with the
+    flags that stn chose, read from THEANO_FLAGS)."""
+    rng = np.random.RandomState(0)
+    np.savez(tmp_path / "in.npz", x=rng.randn(*x_shape).astype(np.float32),
+             w=rng.randn(*w_shape).astype(np.float32))
+    flags = os.environ["THEANO_FLAGS"]
+    runs = {"ours": ("import stn\n", dict(PYTHONPATH=ROOT, THEANO_FLAGS=flags)),
+            "plain": ("", dict(PYTHONPATH="", THEANO_FLAGS=flags + ",base_compiledir="
+                               + plain_compiledir))}
+    for name, (prelude, env) in runs.items():
+        code = prelude + CONVOLUTIONS + "\nassert ('stn.ops' in sys.modules) == %r\n" % (
+            name == "ours")
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / "in.npz"),
+                        str(tmp_path / (name + ".npz"))], check=True,
+                       cwd=str(tmp_path), env=dict(os.environ, **env))
+    ours, plain = np.load(tmp_path / "ours.npz"), np.load(tmp_path / "plain.npz")
+    assert len(ours.files) == 3
+    for key in ours.files:
+        np.testing.assert_array_equal(ours[key], plain[key])
+
+
+def test_convolutions_compile_the_fast_paths():
+    from stn import ops
+    x, w = T.tensor4(), T.tensor4()
+    y = T.nnet.conv2d(x, w)
+    f = theano.function([x, w], [y] + theano.grad(y.sum(), [x, w]))
+    nodes = [n for n in f.maker.fgraph.toposort() if isinstance(n.op, corr.BaseCorrMM)]
+    assert len(nodes) == 3
+    for node in nodes:
+        code = node.op.c_support_code_apply(node, "node")
+        assert ops.IM2COL_FAST % {"float_type": "npy_float"} in code
+        assert ops.COL2IM_FAST % {"float_type": "npy_float"} in code
+        assert ops.CORR_DIGEST in node.op.c_code_cache_version()
