@@ -12,7 +12,11 @@ a plane or a channel per OpenMP thread:
   arithmetic: 14% of an STN training step;
 * ``ChannelSum``: Theano's ``Sum{axis=[0, 2, 3], acc_dtype=float64}`` of
   float32, the gradient of a convolution's biases, which Theano sums on one
-  thread.
+  thread;
+* ``ParallelDot22``: Theano's ``Dot22`` (a matrix product) with the output's
+  rows shared among the OpenMP threads, each calling the single-threaded BLAS
+  that the convolutions use (a second BLAS thread pool halves the speed of
+  everything).  The dense and GRU layers' products ran on one core.
 
 It also gives the convolutions (Theano's ``CorrMM`` and its gradients) a fast
 path for the unpadded, unstrided, undilated case of every layer here: the
@@ -29,6 +33,7 @@ import hashlib
 import numpy as np
 import theano.tensor as T
 from theano.gof import Apply, OpenMPOp, local_optimizer
+from theano.tensor import blas, blas_headers
 from theano.tensor.nnet import corr
 from theano.tensor.signal.pool import MaxPoolGrad, Pool
 
@@ -38,7 +43,7 @@ FLOATS = ("float32", "float64")
 class PlaneKernel(OpenMPOp):
     """An op whose C code is ``template``, formatted with the names in
     ``c_names`` (inputs, then the output), ``dtype`` (the C type of the first
-    input), ``omp`` (the OpenMP pragma, or nothing) and ``fail``."""
+    input), ``omp`` (the OpenMP pragma, or nothing), ``threads`` and ``fail``."""
     __props__ = ()
     c_names = ()
     template = ""
@@ -51,7 +56,8 @@ class PlaneKernel(OpenMPOp):
     def c_code(self, node, name, inputs, outputs, sub):
         names = dict(zip(self.c_names, list(inputs) + list(outputs)))
         names.update(dtype="npy_" + node.inputs[0].dtype, fail=sub["fail"],
-                     omp="#pragma omp parallel for schedule(static)" if self.openmp else "")
+                     omp="#pragma omp parallel for schedule(static)" if self.openmp else "",
+                     threads="omp_get_max_threads()" if self.openmp else "1")
         return self.template % names
 
 
@@ -316,6 +322,104 @@ def patch_corr_mm(base=corr.BaseCorrMM):
     base.c_code_cache_version = c_code_cache_version
 
 
+class ParallelDot22(PlaneKernel):
+    """x . y for matrices of one float dtype, a block of rows per thread."""
+    c_names = ("x", "y", "out")
+
+    def make_node(self, x, y):
+        x, y = T.as_tensor_variable(x), T.as_tensor_variable(y)
+        if x.ndim != 2 or y.ndim != 2 or x.dtype != y.dtype or x.dtype not in FLOATS:
+            raise TypeError("ParallelDot22 takes two matrices of one float dtype")
+        return Apply(self, [x, y], [T.matrix(dtype=x.dtype)])
+
+    def perform(self, node, inputs, outputs):
+        x, y = inputs
+        outputs[0][0] = np.dot(x, y)
+
+    def infer_shape(self, node, shapes):
+        return [(shapes[0][0], shapes[1][1])]
+
+    def c_support_code(self):
+        return blas_headers.blas_header_text()
+
+    def c_libraries(self):
+        return blas.ldflags()
+
+    def c_compile_args(self):
+        return blas.ldflags(libs=False, flags=True) + super().c_compile_args()
+
+    def c_lib_dirs(self):
+        return blas.ldflags(libs=False, libs_dir=True)
+
+    def c_header_dirs(self):
+        return blas.ldflags(libs=False, include_dir=True)
+
+    def c_code(self, node, name, inputs, outputs, sub):
+        code = super().c_code(node, name, inputs, outputs, sub)
+        return code.replace("GEMM_", "sgemm_" if node.inputs[0].dtype == "float32"
+                            else "dgemm_")
+
+    template = """
+    {
+    /* In BLAS's column-major terms out^T = op(y^T) op(x^T), so a block of
+       rows of out is a block of columns of out^T. */
+    PyArrayObject *xc = %(x)s, *yc = %(y)s;
+    Py_INCREF(xc);
+    Py_INCREF(yc);
+    if (!PyArray_IS_C_CONTIGUOUS(xc) && !PyArray_IS_F_CONTIGUOUS(xc)) {
+        Py_DECREF(xc);
+        xc = PyArray_GETCONTIGUOUS(%(x)s);
+    }
+    if (yc && !PyArray_IS_C_CONTIGUOUS(yc) && !PyArray_IS_F_CONTIGUOUS(yc)) {
+        Py_DECREF(yc);
+        yc = PyArray_GETCONTIGUOUS(%(y)s);
+    }
+    int ok = xc && yc;
+    npy_intp dims[2] = {0, 0};
+    if (ok) {
+        dims[0] = PyArray_DIMS(xc)[0];
+        dims[1] = PyArray_DIMS(yc)[1];
+        if (PyArray_DIMS(xc)[1] != PyArray_DIMS(yc)[0]) {
+            PyErr_SetString(PyExc_ValueError, "ParallelDot22: shapes do not match");
+            ok = 0;
+        }
+    }
+    if (ok && !(%(out)s && PyArray_IS_C_CONTIGUOUS(%(out)s)
+                && PyArray_CompareLists(PyArray_DIMS(%(out)s), dims, 2))) {
+        Py_XDECREF(%(out)s);
+        %(out)s = (PyArrayObject*)PyArray_EMPTY(2, dims, PyArray_TYPE(xc), 0);
+        ok = %(out)s != NULL;
+    }
+    if (ok && dims[0] > 0 && dims[1] > 0) {
+        int M = dims[0], N = dims[1], K = PyArray_DIMS(xc)[1];
+        const int x_c = PyArray_IS_C_CONTIGUOUS(xc), y_c = PyArray_IS_C_CONTIGUOUS(yc);
+        char tx = x_c ? 'N' : 'T', ty = y_c ? 'N' : 'T';
+        int ldx = x_c ? (K > 1 ? K : 1) : M, ldy = y_c ? N : (K > 1 ? K : 1);
+        const %(dtype)s one = 1, zero = 0;
+        const %(dtype)s *xp = (%(dtype)s*)PyArray_DATA(xc);
+        %(dtype)s *yp = (%(dtype)s*)PyArray_DATA(yc);
+        %(dtype)s *op = (%(dtype)s*)PyArray_DATA(%(out)s);
+        if (K == 0) {
+            for (npy_intp i = 0; i < (npy_intp)M * N; i++) op[i] = 0;
+        } else {
+            /* a block of rows per thread, for products worth it */
+            const int blocks = (double)M * N * K >= 4e6 && M >= 64 ? %(threads)s : 1;
+            %(omp)s
+            for (int t = 0; t < blocks; t++) {
+                int m0 = (int)((npy_intp)M * t / blocks), rows = (int)((npy_intp)M * (t + 1) / blocks) - m0;
+                %(dtype)s *xb = (%(dtype)s*)(x_c ? xp + (npy_intp)m0 * K : xp + m0);
+                GEMM_(&ty, &tx, &N, &rows, &K, (%(dtype)s*)&one, yp, &ldy, xb, &ldx,
+                      (%(dtype)s*)&zero, op + (npy_intp)m0 * N, &N);
+            }
+        }
+    }
+    Py_XDECREF(xc);
+    Py_XDECREF(yc);
+    if (!ok) %(fail)s
+    }
+    """
+
+
 def pooling_2x2(node):
     """Whether ``node`` (a Pool or MaxPoolGrad) is a 2x2, stride-2, unpadded
     max pooling of 4-d floats that ignores the border."""
@@ -360,6 +464,14 @@ def local_channel_sum(node):
     return False
 
 
+@local_optimizer([blas.Dot22])
+def local_parallel_dot22(node):
+    if type(node.op) is blas.Dot22 and node.inputs[0].dtype in FLOATS:
+        return [ParallelDot22()(*node.inputs)]
+    return False
+
+
 patch_corr_mm()
-for rewrite in (local_maxpool_2x2, local_maxpool_2x2_grad, local_channel_sum):
+for rewrite in (local_maxpool_2x2, local_maxpool_2x2_grad, local_channel_sum,
+                local_parallel_dot22):
     T.opt.register_specialize(rewrite)

@@ -1,6 +1,6 @@
-"""stn.ops: the faster pooling, its gradient, the bias-gradient sum and the
-convolutions' fast paths compute what Theano's own code computes (bit for bit;
-the sum to float32 rounding)."""
+"""stn.ops: the faster pooling, its gradient, the bias-gradient sum, the
+threaded matrix product and the convolutions' fast paths compute what Theano's
+own code computes (bit for bit; the sum to float32 rounding)."""
 import os
 import subprocess
 import sys
@@ -13,7 +13,7 @@ from theano.tensor.nnet import corr
 from theano.tensor.signal.pool import MaxPoolGrad, Pool, pool_2d
 
 from conftest import ROOT
-from stn.ops import ChannelSum, MaxPool2x2, MaxPool2x2Grad
+from stn.ops import ChannelSum, MaxPool2x2, MaxPool2x2Grad, ParallelDot22
 
 
 def pool_gradient(mode, ws=(2, 2), stride=None, dtype="float32"):
@@ -31,7 +31,40 @@ def grad_ops(fn):
 
 def theano_reference():
     return theano.compile.get_default_mode().excluding(
-        "local_maxpool_2x2_grad", "local_maxpool_2x2", "local_channel_sum")
+        "local_maxpool_2x2_grad", "local_maxpool_2x2", "local_channel_sum",
+        "local_parallel_dot22")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("m, k, n", [(384, 300, 200), (200, 384, 65), (7, 5, 3), (64, 1, 80)])
+def test_matrix_product_equals_theanos_dot22(m, k, n, dtype):
+    """Every layout of the operands (transposed views and strided slices); the
+    first two shapes are large enough to be split between threads, which may
+    change the last bit of some sums: float rounding tolerance."""
+    a, b = T.matrix(dtype=dtype), T.matrix(dtype=dtype)
+    rng = np.random.RandomState(m + k + n)
+    av = rng.randn(2 * m, k + 1).astype(dtype)
+    bv = rng.randn(k, n).astype(dtype)
+    layouts = {"plain": (a[::2, 1:], b), "transposed": (a.T.T[::2, 1:], b.T.T),
+               "x^T": (a[::2, 1:].T.T, b[:, ::-1])}
+    for x, y in layouts.values():
+        ours = theano.function([a, b], T.dot(x, y))
+        reference = theano.function([a, b], T.dot(x, y), mode=theano_reference())
+        assert ParallelDot22 in grad_ops(ours) and ParallelDot22 not in grad_ops(reference)
+        assert_close(ours(av, bv), reference(av, bv))
+    fortran = [(a.T, b, np.ascontiguousarray(av[:m, :k].T), bv),
+               (a, b.T, av[:m, :k], np.ascontiguousarray(bv.T))]
+    for x, y, a_value, b_value in fortran:  # x, then y, Fortran-ordered
+        ours = theano.function([a, b], T.dot(x, y))
+        reference = theano.function([a, b], T.dot(x, y), mode=theano_reference())
+        assert_close(ours(a_value, b_value), reference(a_value, b_value))
+
+
+def assert_close(got, expected):
+    """Equal to the rounding of the dtype, relative to the largest entry."""
+    eps = np.finfo(expected.dtype).eps
+    np.testing.assert_allclose(got, expected, rtol=0, atol=8 * eps * np.abs(expected).max())
+    assert np.abs(expected).max() > 0
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -84,7 +117,8 @@ def test_equals_theano_bit_for_bit_with_ties_and_odd_sizes(shape, dtype):
 
 def test_python_implementations_equal_the_c_code():
     x, z, gz = T.tensor4(), T.tensor4(), T.tensor4()
-    outputs = [MaxPool2x2()(x), ChannelSum()(x), MaxPool2x2Grad()(x, z, gz)]
+    outputs = [MaxPool2x2()(x), ChannelSum()(x), MaxPool2x2Grad()(x, z, gz),
+               ParallelDot22()(x[0, 0].T, x[0, 0])]
     python = theano.function([x, z, gz], outputs, mode=theano.compile.Mode(linker="py"))
     c = theano.function([x, z, gz], outputs, mode=theano.compile.Mode(linker="c"))
     rng = np.random.RandomState(0)
@@ -111,7 +145,7 @@ def test_stn_training_step_uses_it():
     l_in, l_out, l_A_net, _ = script.build_model(40, 1, 2.0, theano.shared(np.float32(0)))
     train_fn, _, _ = training.build_functions(l_in.input_var, l_out, l_A_net, "adam", 1e-3)
     ops = grad_ops(train_fn)
-    assert {MaxPool2x2, MaxPool2x2Grad, ChannelSum} <= ops
+    assert {MaxPool2x2, MaxPool2x2Grad, ChannelSum, ParallelDot22} <= ops
     assert not {Pool, MaxPoolGrad} & ops
 
 
