@@ -6,8 +6,8 @@ the optimised functions under Theano's compile directory, keyed by a
 fingerprint of the graphs (every operation with its parameters, how they
 connect, the types, the constants, the shapes of the shared variables) and of
 Theano's configuration (its C-code settings, and the mode, optimizer, linker and
-profiling flags, which that hash leaves out) and of ``stn/ops.py``, and loads them when the same
-graphs are built again.  The loaded functions then work on the caller's own
+profiling flags, which that hash leaves out) and of ``stn/ops.py``, and loads
+them when the same graphs are built again.  The loaded functions then work on the caller's own
 shared variables, so the parameters, their initial values and everything that
 reads them are the same as after a fresh compile.  ``STN_FUNCTION_CACHE=0``
 turns the cache off.

@@ -1,9 +1,8 @@
-"""Faster C code for the pooling layers of the chapter's networks, swapped in by
-Theano's optimizer.
+"""Faster C code for the chapter's networks, swapped in by Theano's optimizer.
 
-Each op computes what a Theano op computes for ``mnist_cnn.model``'s 2x2,
-stride-2 max pooling and its convolutions' biases, in one pass over the data and
-a plane or a channel per OpenMP thread:
+Each op computes what a Theano op computes in the cases these networks need
+(``mnist_cnn.model``'s 2x2, stride-2 max pooling, its convolutions' biases, the
+dense layers' products), sharing the work among the OpenMP threads:
 
 * ``MaxPool2x2``: Theano's ``Pool`` (the same maxima, NaN included);
 * ``MaxPool2x2Grad``: Theano's ``MaxPoolGrad`` (every input equal to its
@@ -40,10 +39,11 @@ from theano.tensor.signal.pool import MaxPoolGrad, Pool
 FLOATS = ("float32", "float64")
 
 
-class PlaneKernel(OpenMPOp):
+class TemplateOp(OpenMPOp):
     """An op whose C code is ``template``, formatted with the names in
     ``c_names`` (inputs, then the output), ``dtype`` (the C type of the first
-    input), ``omp`` (the OpenMP pragma, or nothing), ``threads`` and ``fail``."""
+    input), ``gemm`` (the BLAS matrix product of that type), ``omp`` (the OpenMP
+    pragma, or nothing), ``threads`` and ``fail``."""
     __props__ = ()
     c_names = ()
     template = ""
@@ -55,13 +55,15 @@ class PlaneKernel(OpenMPOp):
 
     def c_code(self, node, name, inputs, outputs, sub):
         names = dict(zip(self.c_names, list(inputs) + list(outputs)))
-        names.update(dtype="npy_" + node.inputs[0].dtype, fail=sub["fail"],
+        dtype = node.inputs[0].dtype
+        names.update(dtype="npy_" + dtype, gemm="sgemm_" if dtype == "float32" else "dgemm_",
+                     fail=sub["fail"],
                      omp="#pragma omp parallel for schedule(static)" if self.openmp else "",
                      threads="omp_get_max_threads()" if self.openmp else "1")
         return self.template % names
 
 
-class MaxPool2x2(PlaneKernel):
+class MaxPool2x2(TemplateOp):
     """2x2, stride-2, unpadded max pooling (ignore_border=True) of a 4-d tensor."""
     c_names = ("x", "z")
 
@@ -124,7 +126,7 @@ class MaxPool2x2(PlaneKernel):
     """
 
 
-class MaxPool2x2Grad(PlaneKernel):
+class MaxPool2x2Grad(TemplateOp):
     """Gradient of a 2x2, stride-2, unpadded max pooling (ignore_border=True).
 
     Inputs: ``x`` (batch, channels, rows, cols), its pooling ``z`` and the
@@ -213,7 +215,7 @@ class MaxPool2x2Grad(PlaneKernel):
     """
 
 
-class ChannelSum(PlaneKernel):
+class ChannelSum(TemplateOp):
     """Sum of a 4-d float32 tensor over axes 0, 2 and 3, accumulated in float64."""
     c_names = ("x", "total")
 
@@ -322,7 +324,7 @@ def patch_corr_mm(base=corr.BaseCorrMM):
     base.c_code_cache_version = c_code_cache_version
 
 
-class ParallelDot22(PlaneKernel):
+class ParallelDot22(TemplateOp):
     """x . y for matrices of one float dtype, a block of rows per thread."""
     c_names = ("x", "y", "out")
 
@@ -353,11 +355,6 @@ class ParallelDot22(PlaneKernel):
 
     def c_header_dirs(self):
         return blas.ldflags(libs=False, include_dir=True)
-
-    def c_code(self, node, name, inputs, outputs, sub):
-        code = super().c_code(node, name, inputs, outputs, sub)
-        return code.replace("GEMM_", "sgemm_" if node.inputs[0].dtype == "float32"
-                            else "dgemm_")
 
     template = """
     {
@@ -408,7 +405,7 @@ class ParallelDot22(PlaneKernel):
             for (int t = 0; t < blocks; t++) {
                 int m0 = (int)((npy_intp)M * t / blocks), rows = (int)((npy_intp)M * (t + 1) / blocks) - m0;
                 %(dtype)s *xb = (%(dtype)s*)(x_c ? xp + (npy_intp)m0 * K : xp + m0);
-                GEMM_(&ty, &tx, &N, &rows, &K, (%(dtype)s*)&one, yp, &ldy, xb, &ldx,
+                %(gemm)s(&ty, &tx, &N, &rows, &K, (%(dtype)s*)&one, yp, &ldy, xb, &ldx,
                       (%(dtype)s*)&zero, op + (npy_intp)m0 * N, &N);
             }
         }
