@@ -193,6 +193,29 @@ def load_sequences(path, nb_digits=None, hint=None, boxes=False):
     return data
 
 
+def digit_crops(path, hint=None):
+    """The digits of a distorted-digit dataset, cut out at their true boxes with
+    the clutter that falls inside them: what a perfect localization would hand
+    the classifier.  Returns ``X_train, y_train, X_valid, y_valid, X_test,
+    y_test`` like ``load_mnist``: float32 (N * digits, 1, rows, cols) and int32
+    (N * digits,), canvas by canvas and left to right within one."""
+    dataset = load_sequences(path, hint=hint, boxes=True)
+    out = []
+    for split in SPLITS:
+        X, y, boxes = (dataset[k + split] for k in ("X_", "y_", "boxes_"))
+        sizes = np.unique((boxes[..., 2:] - boxes[..., :2]).reshape(-1, 2), axis=0)
+        if len(sizes) != 1:
+            raise UserError("%s: boxes_%s are not all of one size" % (path, split))
+        width, height = sizes.reshape(2)
+        n, k = y.shape
+        canvas = np.repeat(np.arange(n), k)[:, None, None]
+        rows = boxes[..., 1].reshape(-1)[:, None, None] + np.arange(height)[None, :, None]
+        cols = boxes[..., 0].reshape(-1)[:, None, None] + np.arange(width)[None, None, :]
+        out.append(np.asarray(X[canvas, rows, cols], np.float32)[:, None])
+        out.append(y.reshape(-1))
+    return tuple(out)
+
+
 def load_cnn_weights(path):
     """The 8 parameter arrays of the chapter's MNIST CNN, as 1-train-mnist.py
     saves them in ``model.npz`` (arr_0 ... arr_7, Lasagne's order), checked

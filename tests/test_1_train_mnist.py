@@ -83,3 +83,20 @@ def test_help_is_instant_and_bad_flags_are_one_line():
         assert "error: argument %s" % flag[0] in out.stderr
         assert "Traceback" not in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_crops_trains_on_the_digits_of_a_dataset(tmp_path, sequences1, capsys):
+    output = tmp_path / "oracle.npz"
+    test_acc = script.main(epochs=1, batch_size=50, crops=sequences1,
+                           output=str(output))
+    assert "Loaded the digits of %s: train (200, 1, 28, 28)" % sequences1 in \
+        capsys.readouterr().out
+    assert 0 <= test_acc <= 1
+    with np.load(output, allow_pickle=False) as f:
+        assert len(f.files) == 8
+
+
+def test_crops_of_a_missing_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="create_mnist_sequence.py --nb_digits 1"):
+        script.main(epochs=1, crops=str(tmp_path / "missing.npz"),
+                    output=str(tmp_path / "m.npz"))

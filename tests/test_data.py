@@ -192,3 +192,34 @@ def test_unaligned_stored_member_is_read_not_mapped(tmp_path):
     loaded = data.load_npz(path)["x"]
     assert not isinstance(loaded, np.memmap) and loaded.flags.aligned
     np.testing.assert_array_equal(loaded, big)
+
+
+def test_digit_crops_are_the_mnist_digits_at_their_boxes(tmp_path, mnist):
+    from conftest import load_script
+    create = load_script("create_mnist_sequence.py")
+    path = str(tmp_path / "seq.npz")
+    # No clutter: every crop must be exactly one MNIST digit of its split,
+    # with its label, and the crops must hold all of the canvas's ink.
+    create.main(nb_digits=3, output_dim=90, nb_distortions=0, train_size=40,
+                valid_size=10, test_size=10, output=path)
+    crops = data.digit_crops(path)
+    canvases = data.load_sequences(path)
+    for i, split in enumerate(data.SPLITS):
+        X, y = crops[2 * i], crops[2 * i + 1]
+        images, labels = mnist[2 * i], mnist[2 * i + 1]
+        known = {image.tobytes(): label for image, label in zip(images, labels)}
+        assert X.shape == (len(canvases["y_" + split]) * 3, 1, 28, 28)
+        assert X.dtype == np.float32 and y.dtype == np.int32
+        assert [known[x.tobytes()] for x in X] == y.tolist()
+        np.testing.assert_array_equal(y, canvases["y_" + split].ravel())
+        np.testing.assert_allclose(X.reshape(-1, 3, 28 * 28).sum(axis=(1, 2)),
+                                   canvases["X_" + split].sum(axis=(1, 2)), rtol=1e-5)
+
+
+def test_digit_crops_need_the_boxes(tmp_path):
+    path = str(tmp_path / "noboxes.npz")
+    X = np.zeros((4, 60 * 60), np.float32)
+    y = np.zeros((4, 1), np.int32)
+    data.save_npz(path, **{k + s: v for s in data.SPLITS for k, v in (("X_", X), ("y_", y))})
+    with pytest.raises(UserError, match="boxes_train"):
+        data.digit_crops(path)
