@@ -37,9 +37,12 @@ def build_parser():
     return parser
 
 
-def build_model(dim, num_steps, downsample, sh_drp, branches=1):
+def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, blur=0.0,
+                supersample=1, branches=1):
     """The chapter's network for ``dim`` x ``dim`` canvases holding ``num_steps``
-    digit (one, here); returns (l_in, l_out, l_A_net, l_transform).  With
+    digit (one, here); returns (l_in, l_out, l_A_net, l_transform).  The
+    transform starts as a centred crop of ``initzoom`` of the canvas (1: the
+    identity); ``blur`` and ``supersample`` are the TransformerLayer's.  With
     ``branches`` > 1, l_A_net gives the branches' transforms side by side
     (batch, 6 * branches) and l_transform their crops as channels."""
     import lasagne
@@ -51,11 +54,12 @@ def build_model(dim, num_steps, downsample, sh_drp, branches=1):
     l_dim = DimshuffleLayer(l_in, (0, 'x', 1, 2))
 
     # Localization network: it sees the canvas at half resolution and outputs
-    # the 6 affine parameters, starting from the identity (W = 0, b = identity).
+    # the 6 affine parameters, starting from a centred crop (W = 0, b = the
+    # identity scaled by initzoom).
     l_pool0_loc = MaxPool2DLayer(l_dim, pool_size=(2, 2))
     l_dense_loc = mnist_cnn.model(l_pool0_loc, input_dim=dim, p=sh_drp, num_classes=0)
-    identity = np.array([[1, 0, 0], [0, 1, 0]], dtype="float32").flatten()
-    heads = [DenseLayer(l_dense_loc, num_units=6, b=identity,
+    start = np.array([[initzoom, 0, 0], [0, initzoom, 0]], dtype="float32").flatten()
+    heads = [DenseLayer(l_dense_loc, num_units=6, b=start,
                         name='A_net' if branches == 1 else 'A_net%d' % k,
                         W=lasagne.init.Constant(0.0),
                         nonlinearity=lasagne.nonlinearities.identity)
@@ -65,7 +69,8 @@ def build_model(dim, num_steps, downsample, sh_drp, branches=1):
     # transform: a (dim / downsample)-pixel crop for the classifier.  Parallel
     # branches start alike; the classifier's different weights for each crop
     # channel pull them apart.
-    crops = [TransformerLayer(l_dim, l_A_net, downsample_factor=downsample)
+    crops = [TransformerLayer(l_dim, l_A_net, downsample_factor=downsample,
+                              blur=blur, supersample=supersample)
              for l_A_net in heads]
     if branches == 1:
         l_A_net, l_transform = heads[0], crops[0]

@@ -31,10 +31,13 @@ def build_parser():
     return parser
 
 
-def build_model(dim, num_steps, downsample, sh_drp):
+def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, blur=0.0,
+                supersample=1):
     """The chapter's recurrent network for ``num_steps`` digits per canvas;
     returns (l_in, l_out, l_A_net, l_transform).  ``l_out`` and ``l_A_net`` give
     one row per (canvas, step), canvas-major: canvas 0 steps 0, 1, 2, canvas 1...
+    The transforms start as a centred crop of ``initzoom`` of the canvas (1:
+    the identity); ``blur`` and ``supersample`` are the TransformerLayer's.
     """
     import lasagne
     import numpy as np
@@ -47,22 +50,23 @@ def build_model(dim, num_steps, downsample, sh_drp):
 
     # Localization: the convolutional trunk sees the canvas once, at half
     # resolution; the GRU gets its features at every step and emits, through
-    # A_net, one transform per step (starting at the identity).
+    # A_net, one transform per step (starting as a centred crop of initzoom).
     l_pool0_loc = MaxPool2DLayer(l_dim, pool_size=(2, 2))
     l_conv_loc = mnist_cnn.model(l_pool0_loc, input_dim=dim, p=sh_drp, num_units=0)
     l_repeat_loc = Repeat(l_conv_loc, n=num_steps)
     l_gru = GRULayer(l_repeat_loc, num_units=GRU_UNITS, unroll_scan=True,
                      learn_init=False)  # Lasagne master's default; 0.1's is True
     l_shp = ReshapeLayer(l_gru, (-1, GRU_UNITS))
-    identity = np.array([[1, 0, 0], [0, 1, 0]], dtype="float32").flatten()
-    l_A_net = DenseLayer(l_shp, num_units=6, name='A_net', b=identity,
+    start = np.array([[initzoom, 0, 0], [0, initzoom, 0]], dtype="float32").flatten()
+    l_A_net = DenseLayer(l_shp, num_units=6, name='A_net', b=start,
                          W=lasagne.init.Constant(0.0),
                          nonlinearity=lasagne.nonlinearities.identity)
 
     # Each step's transform samples its own copy of the canvas, in the same
     # canvas-major order as the GRU's reshaped output.
     l_dim_repeat = ReshapeLayer(Repeat(l_dim, n=num_steps), (-1, 1, dim, dim))
-    l_transform = TransformerLayer(l_dim_repeat, l_A_net, downsample_factor=downsample)
+    l_transform = TransformerLayer(l_dim_repeat, l_A_net, downsample_factor=downsample,
+                                   blur=blur, supersample=supersample)
     l_out = mnist_cnn.model(l_transform, input_dim=dim, p=sh_drp, num_units=400)
     return l_in, l_out, l_A_net, l_transform
 

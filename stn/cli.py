@@ -28,6 +28,7 @@ def flag_type(convert, accept, requirement):
 positive_int = flag_type(int, lambda v: v >= 1, "at least 1")
 nonnegative_int = flag_type(int, lambda v: v >= 0, "0 or more")
 positive_float = flag_type(float, lambda v: 0 < v < float("inf"), "a positive number")
+nonnegative_float = flag_type(float, lambda v: 0 <= v < float("inf"), "0 or more")
 probability = flag_type(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 

@@ -151,9 +151,10 @@ def load_sequences(path, nb_digits=None, hint=None, boxes=False):
     """Load a distorted-digit dataset and check that it fits a script.
 
     Returns a dict with ``X_{split}`` as float32 (N, W, W) and ``y_{split}`` as
-    int32 (N, nb_digits) for train, valid and test, and ``output_dim`` W.  With
-    ``boxes`` the digit boxes ``boxes_{split}`` (N, nb_digits, 4), [x0, y0, x1,
-    y1), are required too (files of create_mnist_sequence.py have them).
+    int32 (N, nb_digits) for train, valid and test, and ``output_dim`` W, and
+    the digit boxes ``boxes_{split}`` (N, nb_digits, 4), [x0, y0, x1, y1), when
+    the file has them (files of create_mnist_sequence.py do); with ``boxes``
+    they are required.
     """
     raw = load_npz(path, hint)
     data = {}
@@ -178,13 +179,13 @@ def load_sequences(path, nb_digits=None, hint=None, boxes=False):
             raise UserError("%s: %s holds labels outside 0-9" % (path, y_key))
         data[x_key] = X.astype(np.float32, copy=False).reshape(-1, dim, dim)
         data[y_key] = y.astype(np.int32, copy=False)
-        if boxes:
-            box = raw.get("boxes_" + split)
-            if box is None or box.shape != y.shape + (4,):
-                raise UserError("%s: lacks the digit boxes (boxes_%s) this script "
-                                "measures against; recreate it with "
-                                "create_mnist_sequence.py" % (path, split))
+        box = raw.get("boxes_" + split)
+        if box is not None and box.shape == y.shape + (4,):
             data["boxes_" + split] = box.astype(np.int32, copy=False)
+        elif boxes:
+            raise UserError("%s: lacks the digit boxes (boxes_%s) this script "
+                            "measures against; recreate it with "
+                            "create_mnist_sequence.py" % (path, split))
     dims = {data["X_" + s].shape[1] for s in SPLITS}
     widths = {data["y_" + s].shape[1] for s in SPLITS}
     if len(dims) != 1 or len(widths) != 1:

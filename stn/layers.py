@@ -1,6 +1,7 @@
 """The layers the chapter uses that Lasagne 0.1 lacks: TransformerLayer, Repeat."""
 import sys
 
+import numpy as np
 import theano
 import theano.tensor as T
 import lasagne.layers
@@ -29,10 +30,23 @@ class TransformerLayer(MergeLayer):
     border_mode : 'nearest', 'mirror' or 'wrap'
         How samples outside the image are read: clipped to the edge, reflected
         about the edge pixels, or wrapped around.
+    blur : float
+        Extra, not in Lasagne: before sampling, blur the images with a fixed
+        Gaussian of this standard deviation in pixels (truncated at 2 sigma,
+        edges extended, as ``scipy.ndimage.gaussian_filter(image, blur,
+        mode='nearest', truncate=2)``).  0, the default, is Lasagne's layer.
+        Against the aliasing of a bilinear sampler that downsamples
+        (Jaderberg et al. 2015, section 3.4).
+    supersample : int
+        Extra, not in Lasagne: sample a grid ``supersample`` times finer each
+        way and average each supersample x supersample block, so that every
+        output pixel averages the canvas over its whole footprint, whatever the
+        zoom (as MatConvNet's and Chainer's STN examples do with a 2x2 average
+        pool).  The output shape is unchanged; 1, the default, is Lasagne's.
     """
 
     def __init__(self, incoming, localization_network, downsample_factor=1,
-                 border_mode="nearest", **kwargs):
+                 border_mode="nearest", blur=0.0, supersample=1, **kwargs):
         super(TransformerLayer, self).__init__([incoming, localization_network],
                                                **kwargs)
         self.downsample_factor = lasagne.utils.as_tuple(downsample_factor, 2)
@@ -40,6 +54,12 @@ class TransformerLayer(MergeLayer):
             raise ValueError("TransformerLayer: border_mode must be one of %s, not %r"
                              % (", ".join(BORDER_MODES), border_mode))
         self.border_mode = border_mode
+        if not 0 <= blur < float("inf"):
+            raise ValueError("TransformerLayer: blur must be 0 or more, not %r" % (blur,))
+        if int(supersample) != supersample or supersample < 1:
+            raise ValueError("TransformerLayer: supersample must be a whole number of "
+                             "at least 1, not %r" % (supersample,))
+        self.blur, self.supersample = float(blur), int(supersample)
         input_shp, loc_shp = self.input_shapes
         if len(loc_shp) != 2 or loc_shp[1] != 6:
             raise ValueError("TransformerLayer: the localization network must output "
@@ -56,8 +76,10 @@ class TransformerLayer(MergeLayer):
 
     def get_output_for(self, inputs, **kwargs):
         images, theta = inputs
+        if self.blur:
+            images = gaussian_blur(images, self.blur)
         return affine_transform(theta, images, self.downsample_factor,
-                                self.border_mode)
+                                self.border_mode, self.supersample)
 
 
 def linspace(start, stop, num):
@@ -125,17 +147,48 @@ def bilinear_sample(images, x, y, border_mode):
     return out.reshape((x.shape[0], x.shape[1], images.shape[1])).dimshuffle(0, 2, 1)
 
 
-def affine_transform(theta, images, downsample_factor, border_mode):
+def affine_transform(theta, images, downsample_factor, border_mode, supersample=1):
     """The TransformerLayer's output for symbolic ``theta`` and ``images``."""
     height, width = images.shape[2], images.shape[3]
     out_height = T.cast(height // downsample_factor[0], "int64")
     out_width = T.cast(width // downsample_factor[1], "int64")
-    x_s, y_s = affine_grid(theta, out_height, out_width)
+    x_s, y_s = affine_grid(theta, out_height * supersample, out_width * supersample)
     # From [-1, 1] to pixel coordinates [0, size - 1].
     x = (x_s + 1) / 2 * T.cast(width - 1, theano.config.floatX)
     y = (y_s + 1) / 2 * T.cast(height - 1, theano.config.floatX)
     sampled = bilinear_sample(images, x, y, border_mode)
-    return sampled.reshape((images.shape[0], images.shape[1], out_height, out_width))
+    if supersample == 1:
+        return sampled.reshape((images.shape[0], images.shape[1], out_height, out_width))
+    blocks = sampled.reshape((images.shape[0], images.shape[1], out_height, supersample,
+                              out_width, supersample))
+    return blocks.mean(axis=(3, 5))
+
+
+def gaussian_kernel(sigma):
+    """A normalised 1-D Gaussian of standard deviation ``sigma`` (pixels),
+    truncated at 2 sigma: radius int(2 sigma + 0.5), as SciPy's truncate=2."""
+    radius = int(2 * sigma + 0.5)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    return (taps / taps.sum()).astype(theano.config.floatX)
+
+
+def gaussian_blur(images, sigma):
+    """Blur symbolic ``images`` (batch, channels, H, W), each channel on its
+    own, with a fixed Gaussian (``gaussian_kernel``), the edges extended."""
+    kernel = gaussian_kernel(sigma)
+    radius = len(kernel) // 2
+    batch, channels, height, width = images.shape
+    planes = images.reshape((batch * channels, 1, height, width))
+    # Extend the edges by repeating the border rows and columns.
+    rows = T.clip(T.arange(-radius, height + radius), 0, height - 1)
+    cols = T.clip(T.arange(-radius, width + radius), 0, width - 1)
+    padded = T.take(T.take(planes, rows, axis=2), cols, axis=3)
+    # Separable: a column of taps, then a row (symmetric, so not flipped).
+    blurred = T.nnet.conv2d(padded, kernel.reshape(1, 1, -1, 1),
+                            filter_shape=(1, 1, len(kernel), 1))
+    blurred = T.nnet.conv2d(blurred, kernel.reshape(1, 1, 1, -1),
+                            filter_shape=(1, 1, 1, len(kernel)))
+    return blurred.reshape((batch, channels, height, width))
 
 
 class Repeat(Layer):

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from . import backend, cli, compiled, data
+from . import backend, cli, compiled, data, localization
 from .errors import UserError
 
 EPSILON = 1e-5         # added to the softmax output before the log, as the chapter
@@ -22,6 +22,8 @@ MAX_NORM = 5.0         # ... then all of them rescaled to a total norm of at mos
 DROPOUT_RAMP = 4       # dropout grows linearly to its value over epochs 0-4
 MIN_CROP = 16          # the smallest crop the MNIST CNN (two 5x5 convs and pools) reads
 EPOCHS = 300           # the chapter's maximum number of epochs
+# The flags of the transformer that both scripts pass to their build_model.
+TRANSFORM_FLAGS = ("initzoom", "blur", "supersample")
 
 
 class Interrupted(UserError):
@@ -67,6 +69,15 @@ def add_training_flags(parser, default_output):
     add("-downsample", "--downsample", type=cli.factor_pair, default=3.0,
         help="the crop is the canvas side divided by this; two numbers, rows,cols "
              "(e.g. 1.5,3), give a crop that is not square (default: %(default)s)")
+    add("-initzoom", "--initzoom", type=cli.positive_float, default=1.0,
+        help="the transform starts as a centred crop of this fraction of the "
+             "canvas (1: the identity, the chapter's) (default: %(default)s)")
+    add("-blur", "--blur", type=cli.nonnegative_float, default=0.0,
+        help="blur the canvas on its way into the sampler with a fixed Gaussian "
+             "of this sigma in pixels (0: none, the chapter's) (default: %(default)s)")
+    add("-supersample", "--supersample", type=cli.positive_int, default=1,
+        help="sample each crop pixel on an N x N grid and average it (1: one "
+             "bilinear sample, the chapter's) (default: %(default)s)")
     add("--epochs", type=cli.positive_int, default=None,
         help="maximum number of epochs (default: %d, the chapter's; with --resume, "
              "the run's own, which this raises or lowers)" % EPOCHS)
@@ -100,8 +111,8 @@ def default_settings():
 def run_script(script, settings, create_data, nb_digits, build_model,
                model_settings=None):
     """What both STN scripts do around their network: check the settings, load
-    the data, build the network with
-    ``build_model(dim, num_steps, downsample, sh_drp, **model_settings)``,
+    the data, build the network with ``build_model(dim, num_steps, downsample,
+    sh_drp, initzoom=, blur=, supersample=, **model_settings)``,
     compile, train.  ``model_settings`` are the script's own flags with their
     defaults.  With ``settings["resume"]`` the checkpoint's settings are used
     instead of the others, except ``epochs`` if given.  Settings left out
@@ -114,7 +125,9 @@ def run_script(script, settings, create_data, nb_digits, build_model,
     settings = dict(defaults, **settings)
     resume, epochs = settings.pop("resume"), settings.pop("epochs")
     if resume:
-        settings = checkpoint_settings(resume)
+        # A checkpoint older than a flag runs with that flag's default.
+        settings = dict(defaults, **checkpoint_settings(resume))
+        settings.pop("resume")
     settings["epochs"] = epochs or settings.get("epochs") or EPOCHS
     settings["script"] = script
     settings["checkpoint"] = (settings["checkpoint"]
@@ -146,7 +159,7 @@ def run_script(script, settings, create_data, nb_digits, build_model,
     num_steps = dataset["y_train"].shape[1]
     l_in, l_out, l_A_net, _ = build_model(
         dim, num_steps, settings["downsample"], sh_drp,
-        **{key: settings.get(key, value) for key, value in model_settings.items()})
+        **{key: settings[key] for key in TRANSFORM_FLAGS + tuple(model_settings)})
     print("Compiling the training and evaluation functions...")
     start = time.time()
     train_fn, eval_fn, sh_lr = build_functions(
@@ -197,12 +210,15 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate):
 
 
 def predict(eval_fn, X, num_steps, batch_size):
-    """Class predictions (N, num_steps) of a whole set, and the last batch's outputs."""
-    preds = []
+    """Class predictions (N, num_steps) and transforms (N, k, 6) of a whole
+    set (k: steps or branches), and the last batch's indices and probabilities."""
+    preds, transforms = [], []
     for idx in iterate_minibatches(len(X), batch_size):
         probs, A = eval_fn(X[idx])
         preds.append(probs.argmax(axis=-1).reshape(len(idx), num_steps))
-    return np.concatenate(preds).astype(np.int32), (idx, probs, A)
+        transforms.append(A.reshape(len(idx), -1, 6))
+    return (np.concatenate(preds).astype(np.int32), np.concatenate(transforms),
+            (idx, probs))
 
 
 def lr_decays(epoch, last_decay, nodecay, decayinterval):
@@ -270,7 +286,8 @@ class Run:
         self.best = {}            # the results arrays of the best epoch
         self.history = {k: [] for k in ("epoch", "train_loss", "train_acc",
                                         "valid_acc", "test_acc", "test_seq_acc",
-                                        "lr", "seconds", "train_seconds")}
+                                        "lr", "seconds", "train_seconds")
+                        + localization.STATS}
         # The shuffling generator's state at the start of the current epoch.
         self.epoch_rng_state = np.random.RandomState(settings["seed"]).get_state()
 
@@ -279,11 +296,21 @@ class Run:
         for name in ("epoch", "batch", "batch_loss", "batch_correct", "last_decay",
                      "best_valid", "best_epoch"):
             arrays[name] = np.array(getattr(self, name))
-        for key, values in self.history.items():
-            arrays["history_" + key] = np.array(values)
+        arrays.update(self.history_arrays())
         for key, value in self.best.items():
             arrays["result_" + key] = value
         save_checkpoint(path, train_fn, self.settings, self.epoch_rng_state, **arrays)
+
+    def history_arrays(self):
+        """The history as ``history_{key}`` arrays: (epochs,), or (epochs, k)
+        for the transform statistics; epochs without a record hold NaN."""
+        arrays = {}
+        for key, values in self.history.items():
+            width = np.shape(next((v for v in values if v is not None), np.nan))
+            arrays["history_" + key] = np.array(
+                [np.full(width, np.nan) if v is None else v for v in values],
+                np.int64 if key == "epoch" else np.float64).reshape((len(values),) + width)
+        return arrays
 
     def restore(self, path, train_fn):
         self.epoch_rng_state, ckpt = load_checkpoint(path, train_fn)
@@ -292,9 +319,10 @@ class Run:
         self.batch_loss = float(ckpt["batch_loss"])
         self.best_valid = float(ckpt["best_valid"])
         for key in self.history:
-            # Checkpoints older than the train_seconds record lack it: NaN.
-            self.history[key] = ckpt.get("history_" + key, np.full(
-                len(ckpt["history_epoch"]), np.nan)).tolist()
+            # Checkpoints older than a record lack it: None, saved as NaN.
+            values = ckpt.get("history_" + key)
+            self.history[key] = (values.tolist() if values is not None
+                                 else [None] * len(ckpt["history_epoch"]))
         self.best = {k[len("result_"):]: v for k, v in ckpt.items()
                      if k.startswith("result_")}
 
@@ -387,11 +415,12 @@ def fit(train_fn, eval_fn, sh_lr, sh_drp, dataset, settings, resume=None):
             # Evaluate.  The chapter re-evaluates the whole training set; by
             # default the accuracy of the training batches themselves is shown.
             if settings["train_eval"] == "full":
-                train_preds, _ = predict(eval_fn, X_train, num_steps, batch_size)
+                train_preds, _, _ = predict(eval_fn, X_train, num_steps, batch_size)
                 train_acc = float((train_preds == y_train).mean())
-            valid_preds, _ = predict(eval_fn, dataset["X_valid"], num_steps, batch_size)
-            test_preds, (idx, probs, A) = predict(eval_fn, dataset["X_test"],
-                                                  num_steps, batch_size)
+            valid_preds, _, _ = predict(eval_fn, dataset["X_valid"], num_steps,
+                                        batch_size)
+            test_preds, test_A, (idx, probs) = predict(eval_fn, dataset["X_test"],
+                                                       num_steps, batch_size)
             y_test = dataset["y_test"]
             valid_acc = float((valid_preds == dataset["y_valid"]).mean())
             test_acc = float((test_preds == y_test).mean())
@@ -401,6 +430,9 @@ def fit(train_fn, eval_fn, sh_lr, sh_drp, dataset, settings, resume=None):
             if num_steps > 1:
                 line += ", Seq Acc Test = {}".format(test_seq_acc)
             print(line)
+            stats = localization.summary(test_A, dataset.get("boxes_test"),
+                                         *dataset["X_test"].shape[1:])
+            print(localization.describe(stats))
             sys.stdout.flush()
 
             seconds = time.time() - start_time
@@ -408,14 +440,15 @@ def fit(train_fn, eval_fn, sh_lr, sh_drp, dataset, settings, resume=None):
                                ("train_acc", train_acc), ("valid_acc", valid_acc),
                                ("test_acc", test_acc), ("test_seq_acc", test_seq_acc),
                                ("lr", float(sh_lr.get_value())), ("seconds", seconds),
-                               ("train_seconds", train_seconds)]:
+                               ("train_seconds", train_seconds)] + [
+                    (key, stats[key].tolist()) for key in localization.STATS]:
                 run.history[key].append(value)
             if valid_acc > run.best_valid:
                 run.best_valid, run.best_epoch = valid_acc, epoch
                 last = y_test[idx]
                 # (batch, 6) for one transform per canvas, else (batch, k, 6):
                 # k recurrent steps or parallel branches.
-                A = A.reshape(len(idx), -1, 6)
+                A = test_A[idx]
                 run.best = {
                     "probs": probs, "preds": probs.argmax(-1).astype(np.int32),
                     "x": dataset["X_test"][idx],
@@ -448,8 +481,7 @@ def results_arrays(run):
     arrays["settings"] = np.array(json.dumps(run.settings))
     arrays["downsample"] = np.array(run.settings["downsample"], np.float32)
     arrays["best_epoch"] = np.array(run.best_epoch)
-    for key, values in run.history.items():
-        arrays["history_" + key] = np.array(values)
+    arrays.update(run.history_arrays())
     return arrays
 
 

@@ -78,6 +78,44 @@ def test_parallel_branches_crop_separately(tmp_path, sequences1):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_initzoom_starts_at_a_centred_crop_and_the_sampling_flags_reach_the_layer():
+    import lasagne
+    import theano
+    l_in, _, l_A_net, l_transform = script.build_model(
+        60, 1, 3.0, theano.shared(np.float32(0)), initzoom=0.6, blur=1.5, supersample=2)
+    assert (l_transform.blur, l_transform.supersample) == (1.5, 2)
+    rng = np.random.RandomState(0)
+    canvases = rng.rand(2, 60, 60).astype(np.float32)
+    A = lasagne.layers.get_output(l_A_net, deterministic=True).eval(
+        {l_in.input_var: canvases})
+    np.testing.assert_array_equal(A, np.float32([[0.6, 0, 0, 0, 0.6, 0]] * 2))
+    _, _, l_A_net, _ = script.build_model(60, 1, 3.0, theano.shared(np.float32(0)))
+    np.testing.assert_array_equal(l_A_net.b.get_value(), [1, 0, 0, 0, 1, 0])
+
+
+def test_epoch_summary_matches_the_saved_transforms_and_boxes(tmp_path, sequences1,
+                                                              capsys):
+    # 50 test canvases in one batch of 50: the results' last batch is the whole
+    # test set, so the history's statistics can be recomputed from "A".
+    output, res = run(tmp_path, sequences1, epochs=2, initzoom=0.5)
+    A, boxes = res["A"].astype(np.float64), data.load_sequences(sequences1)["boxes_test"]
+    assert len(A) == len(boxes) == 50
+    best = list(res["history_epoch"]).index(int(res["best_epoch"]))
+    zoom_x = np.sqrt(A[:, 0] ** 2 + A[:, 3] ** 2).mean()
+    zoom_y = np.sqrt(A[:, 1] ** 2 + A[:, 4] ** 2).mean()
+    shift = np.sqrt(A[:, 2] ** 2 + A[:, 5] ** 2).mean()
+    centre_x, centre_y = (A[:, 2] + 1) / 2 * 59, (A[:, 5] + 1) / 2 * 59
+    centred = np.mean([b[0, 0] <= x < b[0, 2] and b[0, 1] <= y < b[0, 3]
+                       for x, y, b in zip(centre_x, centre_y, boxes)])
+    assert res["history_zoom_x"].shape == (2, 1)
+    for key, value in [("zoom_x", zoom_x), ("zoom_y", zoom_y), ("shift", shift),
+                       ("centred", centred)]:
+        np.testing.assert_allclose(res["history_" + key][best], [value], rtol=1e-5)
+    out = capsys.readouterr().out
+    assert ("Transform: zoom %.2f across, %.2f down, shift %.2f, centred %.0f%%"
+            % (zoom_x, zoom_y, shift, 100 * centred)) in out
+
+
 def test_lr_schedule_is_the_chapters():
     decays, last = [], -10**9
     for epoch in range(70):
@@ -153,6 +191,9 @@ def test_downsample_too_large_is_refused_before_training(tmp_path, sequences1):
     (["-downsample", "2,0"], "argument -downsample/--downsample: must be a positive"),
     (["-downsample", "1,2,3"], "argument -downsample/--downsample: '1,2,3': give one "
                                "number or two (rows,cols)"),
+    (["-blur", "-1"], "argument -blur/--blur: must be 0 or more"),
+    (["-supersample", "0"], "argument -supersample/--supersample: must be at least 1"),
+    (["-initzoom", "0"], "argument -initzoom/--initzoom: must be a positive number"),
     (["--output", "/no/such/dir/res.npz"], "--output /no/such/dir/res.npz: the "
                                            "directory /no/such/dir does not exist"),
 ])

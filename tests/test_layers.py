@@ -11,11 +11,12 @@ from stn.layers import Repeat, TransformerLayer
 SCIPY_MODE = {"nearest": "nearest", "mirror": "mirror", "wrap": "grid-wrap"}
 
 
-def transformer(shape, downsample=1, border_mode="nearest"):
+def transformer(shape, downsample=1, border_mode="nearest", **keywords):
     images, theta = T.tensor4("images"), T.matrix("theta")
     layer = TransformerLayer(lasagne.layers.InputLayer(shape, images),
                              lasagne.layers.InputLayer((None, 6), theta),
-                             downsample_factor=downsample, border_mode=border_mode)
+                             downsample_factor=downsample, border_mode=border_mode,
+                             **keywords)
     fn = theano.function([images, theta], lasagne.layers.get_output(layer))
     return layer, fn
 
@@ -80,6 +81,30 @@ def test_matches_an_independent_bilinear_sampler(border_mode, downsample):
     np.testing.assert_allclose(out, expected, atol=2e-5)
 
 
+@pytest.mark.parametrize("sigma", [0.6, 1.5])
+def test_blur_is_scipys_gaussian_filter_before_sampling(sigma):
+    images, thetas = random_inputs()
+    layer, fn = transformer((None, 2, 13, 17), (2, 3), blur=sigma)
+    out = fn(images, thetas)
+    assert layer.output_shape == (None, 2, 6, 5) and out.shape == (3, 2, 6, 5)
+    blurred = np.stack([[ndimage.gaussian_filter(channel.astype(np.float64), sigma,
+                                                 mode="nearest", truncate=2.0)
+                         for channel in image] for image in images])
+    expected = reference(blurred, thetas, 6, 5, "nearest")
+    np.testing.assert_allclose(out, expected, atol=2e-5)
+
+
+@pytest.mark.parametrize("supersample", [2, 3])
+def test_supersample_averages_a_finer_grid(supersample):
+    images, thetas = random_inputs()
+    layer, fn = transformer((None, 2, 13, 17), (2, 3), supersample=supersample)
+    out = fn(images, thetas)
+    assert layer.output_shape == (None, 2, 6, 5) and out.shape == (3, 2, 6, 5)
+    fine = reference(images, thetas, 6 * supersample, 5 * supersample, "nearest")
+    expected = fine.reshape(3, 2, 6, supersample, 5, supersample).mean(axis=(3, 5))
+    np.testing.assert_allclose(out, expected, atol=2e-5)
+
+
 def test_gradients_with_respect_to_theta_and_input():
     images, thetas = random_inputs(n=2, c=1, h=7, w=9, seed=3)
 
@@ -101,6 +126,10 @@ def test_bad_construction_is_a_clear_value_error():
         TransformerLayer((None, 1, 10, 10), (None, 4))
     with pytest.raises(ValueError, match="must be 4-D"):
         TransformerLayer((None, 10, 10), (None, 6))
+    with pytest.raises(ValueError, match="blur must be 0 or more"):
+        TransformerLayer((None, 1, 10, 10), (None, 6), blur=-1)
+    with pytest.raises(ValueError, match="supersample must be a whole number"):
+        TransformerLayer((None, 1, 10, 10), (None, 6), supersample=1.5)
 
 
 def test_repeat_shapes_and_order():

@@ -1,0 +1,47 @@
+"""stn.localization: the transform statistics on hand-made transforms and boxes."""
+import numpy as np
+import pytest
+
+from stn import localization
+
+
+def test_identity_and_a_zoomed_shifted_crop():
+    # A 101x101 canvas: [-1, 1] maps to pixels [0, 100], so theta's shift t
+    # puts the crop's centre at pixel 50 + 50 t.
+    identity = [1, 0, 0, 0, 1, 0]
+    zoomed = [0.5, 0, 0.2, 0, 0.25, -0.4]      # centre at pixel (60, 30)
+    boxes = np.array([[[40, 40, 60, 60]], [[50, 20, 70, 40]]])
+    stats = localization.summary(np.array([identity, zoomed]), boxes, 101, 101)
+    np.testing.assert_allclose(stats["zoom_x"], [(1 + 0.5) / 2])
+    np.testing.assert_allclose(stats["zoom_y"], [(1 + 0.25) / 2])
+    np.testing.assert_allclose(stats["shift"], [np.hypot(0.2, 0.4) / 2])
+    np.testing.assert_allclose(stats["centred"], [1.0])
+    # Box ends are exclusive: a centre on x1 is outside.
+    stats = localization.summary(np.array([zoomed]), np.array([[[40, 20, 60, 40]]]),
+                                 101, 101)
+    np.testing.assert_allclose(stats["centred"], [0.0])
+
+
+def test_rotation_keeps_the_zoom():
+    angle, scale = 0.6, 0.4
+    c, s = scale * np.cos(angle), scale * np.sin(angle)
+    stats = localization.summary(np.array([[c, -s, 0, s, c, 0]]))
+    np.testing.assert_allclose([stats["zoom_x"][0], stats["zoom_y"][0]], [scale, scale])
+    assert np.isnan(stats["centred"]).all()
+
+
+def test_steps_are_compared_with_their_own_digit():
+    # Two canvases of 3 steps; step j should sit on digit j.
+    A = np.zeros((2, 3, 6))
+    A[..., 0] = A[..., 4] = 0.3
+    A[:, :, 2] = [-0.5, 0, 0.5]                    # centres at x = 25, 50, 75 (101 px)
+    boxes = np.array([[[20, 40, 30, 60], [45, 40, 55, 60], [70, 40, 80, 60]],
+                      [[20, 40, 30, 60], [70, 40, 80, 60], [45, 40, 55, 60]]])
+    stats = localization.summary(A, boxes, 101, 101)
+    np.testing.assert_allclose(stats["centred"], [1.0, 0.5, 0.5])
+    np.testing.assert_allclose(stats["zoom_x"], [0.3, 0.3, 0.3])
+    line = localization.describe(stats)
+    assert line == ("Transform: zoom 0.30/0.30/0.30 across, 0.30/0.30/0.30 down, "
+                    "shift 0.50/0.00/0.50, centred 100%/50%/50%")
+    with pytest.raises(ValueError, match="2 boxes a canvas for 3 transforms"):
+        localization.summary(A, boxes[:, :2], 101, 101)
