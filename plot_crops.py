@@ -4,12 +4,14 @@ Reads a results file of 2-stn-cnn-mnist.py or 3-recurrent-stn-mnist.py
 (res_test_2.npz, res_test_3.npz) and, for 5 random canvases of its stored test
 batch, draws one row each: the canvas with the outline of each transform's
 sampling grid (green, red, blue for steps or branches 1-3), then each crop with
-its predicted class.  The crops are computed with the TransformerLayer's own
-mapping from the stored canvases and transforms:
+the class read from it and, when it is wrong, the true one (in red).  The
+crops are computed with the TransformerLayer's own mapping from the stored
+canvases and transforms, blurred or supersampled as the run's settings say:
 
     python plot_crops.py res_test_2.npz            # writes res_test_2_crops.png
     python plot_crops.py res_test_3.npz --n 8 --output crops3.png
 """
+import json
 import os
 
 from stn import cli
@@ -57,6 +59,19 @@ def bilinear(image, x, y):
             + (x - x0) * (y0 + 1 - y) * at(y0, x0 + 1) + (x - x0) * (y - y0) * at(y0 + 1, x0 + 1))
 
 
+def crop(canvas, theta, out_height, out_width, blur=0.0, supersample=1):
+    """The TransformerLayer's crop of one (H, W) ``canvas``, with its ``blur``
+    (SciPy's Gaussian filter, as the layer's) and ``supersample`` keywords."""
+    import numpy as np
+    from scipy import ndimage
+    if blur:
+        canvas = ndimage.gaussian_filter(canvas.astype(np.float64), blur, mode="nearest",
+                                         truncate=2.0)
+    k = supersample
+    x, y = source_points(theta, out_height * k, out_width * k, *canvas.shape)
+    return bilinear(canvas, x, y).reshape(out_height, k, out_width, k).mean(axis=(1, 3))
+
+
 def main(file, n=5, seed=111, output=None, show=False):
     """Write the picture; return its path."""
     import numpy as np
@@ -84,6 +99,11 @@ def main(file, n=5, seed=111, output=None, show=False):
     # The chapter's files lack the factor: theirs was 3.  A pair is (rows, cols).
     factors = np.broadcast_to(res["downsample"] if "downsample" in res else 3.0, 2)
     out_height, out_width = int(height // factors[0]), int(width // factors[1])
+    settings = json.loads(str(res["settings"])) if "settings" in res else {}
+    sampling = {key: settings.get(key, default)
+                for key, default in (("blur", 0.0), ("supersample", 1))}
+    # The true digits, one per step, when the file has them.
+    truth = res["y"].reshape(count, -1) if "y" in res else np.full((count, steps), None)
 
     chosen = np.random.RandomState(seed).choice(count, min(n, count), replace=False)
     plt = plots.pyplot(show)
@@ -99,15 +119,18 @@ def main(file, n=5, seed=111, output=None, show=False):
             edge_x = np.concatenate([x[0], x[:, -1], x[-1, ::-1], x[::-1, 0]])
             edge_y = np.concatenate([y[0], y[:, -1], y[-1, ::-1], y[::-1, 0]])
             row[0].plot(edge_x, edge_y, color=colour, linewidth=1.5)
-            row[1 + step].imshow(bilinear(canvases[i], x, y), cmap="gray",
-                                 vmin=0, vmax=1)
-            row[1 + step].set_title("branch %d" % (step + 1) if branches else
-                                    "step %d: %d" % (step + 1, preds[i, step]))
+            row[1 + step].imshow(crop(canvases[i], A[i, step], out_height, out_width,
+                                      **sampling), cmap="gray", vmin=0, vmax=1)
+            if branches:
+                row[1 + step].set_title("branch %d" % (step + 1))
+            else:
+                row[1 + step].set_title(*label("step %d: " % (step + 1), preds[i, step],
+                                               truth[i, step]))
             for side in row[1 + step].spines.values():
                 side.set_edgecolor(colour)
                 side.set_linewidth(3)
         if branches:
-            row[0].set_title("predicted %d" % preds[i, 0])
+            row[0].set_title(*label("", preds[i, 0], truth[i, 0]))
         row[0].set_xlim(-0.5, width - 0.5)
         row[0].set_ylim(height - 0.5, -0.5)
         for ax in row:
@@ -117,11 +140,21 @@ def main(file, n=5, seed=111, output=None, show=False):
         axes[0, 0].set_title("canvas")
     factor = ("%g" % factors[0] if factors[0] == factors[1]
               else "%g,%g" % tuple(factors))
-    fig.suptitle("%s: %dx%d crops (downsample %s)" % (os.path.basename(file), out_height,
-                                                       out_width, factor))
+    extras = "".join(", %s %g" % (key, value) for key, value in sampling.items()
+                     if value != {"blur": 0.0, "supersample": 1}[key])
+    fig.suptitle("What the transformer crops: %dx%d crops (downsample %s%s)"
+                 % (out_height, out_width, factor, extras))
     plots.save_figure(fig, output, show)
     print("Wrote %s" % output)
     return output
+
+
+def label(prefix, pred, true=None):
+    """A crop's title and its font: the class read, and in red the true one
+    when it differs."""
+    if true is None or pred == true:
+        return ("%sread %d" % (prefix, pred),)
+    return ("%sread %d, is %d" % (prefix, pred, true), {"color": "red"})
 
 
 if __name__ == "__main__":

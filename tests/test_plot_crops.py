@@ -28,6 +28,31 @@ def test_crops_match_the_transformer_layer(factors, out_size):
                                    atol=1e-5)
 
 
+@pytest.mark.parametrize("blur, supersample", [(1.5, 1), (0.0, 3), (0.8, 2)])
+def test_crops_match_the_layer_with_blur_and_supersampling(blur, supersample):
+    import lasagne
+    from stn.layers import TransformerLayer
+    rng = np.random.RandomState(2)
+    canvases = rng.rand(3, 1, 30, 30).astype(np.float32)
+    thetas = (np.float32([0.5, 0, 0.1, 0, 0.5, -0.2])
+              + rng.uniform(-0.2, 0.2, (3, 6))).astype(np.float32)
+    images, theta = T.tensor4(), T.matrix()
+    layer = TransformerLayer(lasagne.layers.InputLayer((None, 1, 30, 30), images),
+                             lasagne.layers.InputLayer((None, 6), theta), 3,
+                             blur=blur, supersample=supersample)
+    expected = theano.function([images, theta], lasagne.layers.get_output(layer))(
+        canvases, thetas)
+    for i in range(3):
+        np.testing.assert_allclose(script.crop(canvases[i, 0], thetas[i], 10, 10, blur,
+                                               supersample), expected[i, 0], atol=1e-5)
+
+
+def test_titles_say_the_class_read_and_the_true_one_when_wrong():
+    assert script.label("step 1: ", 3, 3) == ("step 1: read 3",)
+    assert script.label("", 3) == ("read 3",)
+    assert script.label("step 2: ", 3, 5) == ("step 2: read 3, is 5", {"color": "red"})
+
+
 @pytest.mark.parametrize("steps", [1, 3])
 def test_writes_png_for_one_and_three_steps(tmp_path, steps):
     rng = np.random.RandomState(1)
