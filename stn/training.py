@@ -50,8 +50,9 @@ def iterate_minibatches(n, batch_size, rng=None):
 
 # ---- The STN scripts' flags and driver ----
 
-def add_training_flags(parser, default_output):
-    """The flags of both STN scripts, with the chapter's names and defaults."""
+def add_training_flags(parser, default_output, recipe=None):
+    """The flags of both STN scripts, with the chapter's names and defaults,
+    except those the script's ``recipe`` dict sets by name."""
     add = parser.add_argument
     add("-lr", "--lr", type=cli.positive_float, default=0.0005,
         help="learning rate (default: %(default)s)")
@@ -99,26 +100,29 @@ def add_training_flags(parser, default_output):
         help="checkpoint written every epoch (default: OUTPUT with .ckpt.npz)")
     add("--resume", default=None, metavar="CHECKPOINT",
         help="continue the run saved in CHECKPOINT, with its settings")
+    parser.set_defaults(**(recipe or {}))
 
 
-def default_settings():
-    """The training flags' defaults, by their names (lr, decayinterval, ...)."""
+def default_settings(recipe=None):
+    """The training flags' defaults, by their names (lr, decayinterval, ...),
+    with a script's ``recipe`` over the chapter's."""
     parser = cli.parser(None)
-    add_training_flags(parser, None)
+    add_training_flags(parser, None, recipe)
     return vars(parser.parse_args([]))
 
 
 def run_script(script, settings, create_data, nb_digits, build_model,
-               model_settings=None):
+               model_settings=None, recipe=None):
     """What both STN scripts do around their network: check the settings, load
     the data, build the network with ``build_model(dim, num_steps, downsample,
     sh_drp, initzoom=, blur=, supersample=, **model_settings)``,
     compile, train.  ``model_settings`` are the script's own flags with their
-    defaults.  With ``settings["resume"]`` the checkpoint's settings are used
-    instead of the others, except ``epochs`` if given.  Settings left out
-    take the flags' defaults."""
+    defaults, ``recipe`` its defaults for the training flags.  With
+    ``settings["resume"]`` the checkpoint's settings are used instead of the
+    others, except ``epochs`` if given.  Settings left out take the flags'
+    defaults."""
     model_settings = model_settings or {}
-    defaults = dict(default_settings(), **model_settings)
+    defaults = dict(default_settings(recipe), **model_settings)
     unknown = set(settings) - set(defaults) - {"data"}
     if unknown:
         raise TypeError("unknown settings: %s" % ", ".join(sorted(unknown)))

@@ -1,4 +1,5 @@
 """2-stn-cnn-mnist.py: a real short run, its results file, faults and resume."""
+import json
 import os
 import signal
 import subprocess
@@ -33,6 +34,13 @@ def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences1):
     assert 0 <= res["history_test_acc"][0] <= 1
     assert 0 < res["history_train_seconds"][0] < res["history_seconds"][0]
     assert os.path.exists(str(tmp_path / "res.ckpt.npz"))
+    # Flags left out take the script's recipe, over the chapter's defaults.
+    settings = json.loads(str(res["settings"]))
+    assert dict(script.RECIPE, **TINY) == {key: settings[key]
+                                          for key in set(script.RECIPE) | set(TINY)}
+    assert settings["dropout"] == 0.0 and settings["downsample"] == 3.0
+    args = vars(script.build_parser().parse_args([]))
+    assert {key: args[key] for key in script.RECIPE} == script.RECIPE
 
 
 def test_a_crop_that_is_not_square(tmp_path, sequences1):
