@@ -102,6 +102,11 @@ def main(file, n=5, seed=111, output=None, show=False):
     settings = json.loads(str(res["settings"])) if "settings" in res else {}
     sampling = {key: settings.get(key, default)
                 for key, default in (("blur", 0.0), ("supersample", 1))}
+    if "history_blur" in res and "best_epoch" in res:
+        # A blur that fades (-blurepochs): its sigma at the epoch drawn.
+        sigma = res["history_blur"][list(res["history_epoch"]).index(int(res["best_epoch"]))]
+        if np.isfinite(sigma):
+            sampling["blur"] = float(sigma)
     # The true digits, one per step, when the file has them.
     truth = res["y"].reshape(count, -1) if "y" in res else np.full((count, steps), None)
 

@@ -30,13 +30,14 @@ class TransformerLayer(MergeLayer):
     border_mode : 'nearest', 'mirror' or 'wrap'
         How samples outside the image are read: clipped to the edge, reflected
         about the edge pixels, or wrapped around.
-    blur : float
-        Extra, not in Lasagne: before sampling, blur the images with a fixed
-        Gaussian of this standard deviation in pixels (truncated at 2 sigma,
-        edges extended, as ``scipy.ndimage.gaussian_filter(image, blur,
-        mode='nearest', truncate=2)``).  0, the default, is Lasagne's layer.
-        Against the aliasing of a bilinear sampler that downsamples
-        (Jaderberg et al. 2015, section 3.4).
+    blur : float or Theano shared scalar
+        Extra, not in Lasagne: before sampling, blur the images with a
+        Gaussian of this standard deviation in pixels (not trained; truncated
+        at 2 sigma, edges extended, as ``scipy.ndimage.gaussian_filter(image,
+        blur, mode='nearest', truncate=2)``).  0, the default, is Lasagne's
+        layer.  Against the aliasing of a bilinear sampler that downsamples
+        (Jaderberg et al. 2015, section 3.4).  A shared variable lets training
+        change sigma (not above its value here, which sets the kernel's size).
     supersample : int
         Extra, not in Lasagne: sample a grid ``supersample`` times finer each
         way and average each supersample x supersample block, so that every
@@ -54,12 +55,14 @@ class TransformerLayer(MergeLayer):
             raise ValueError("TransformerLayer: border_mode must be one of %s, not %r"
                              % (", ".join(BORDER_MODES), border_mode))
         self.border_mode = border_mode
-        if not 0 <= blur < float("inf"):
-            raise ValueError("TransformerLayer: blur must be 0 or more, not %r" % (blur,))
+        sigma = blur.get_value() if hasattr(blur, "get_value") else blur
+        if not 0 <= sigma < float("inf"):
+            raise ValueError("TransformerLayer: blur must be 0 or more, not %r" % (sigma,))
         if int(supersample) != supersample or supersample < 1:
             raise ValueError("TransformerLayer: supersample must be a whole number of "
                              "at least 1, not %r" % (supersample,))
-        self.blur, self.supersample = float(blur), int(supersample)
+        self.blur, self.supersample = blur, int(supersample)
+        self.blur_radius = int(2 * sigma + 0.5)
         input_shp, loc_shp = self.input_shapes
         if len(loc_shp) != 2 or loc_shp[1] != 6:
             raise ValueError("TransformerLayer: the localization network must output "
@@ -76,8 +79,8 @@ class TransformerLayer(MergeLayer):
 
     def get_output_for(self, inputs, **kwargs):
         images, theta = inputs
-        if self.blur:
-            images = gaussian_blur(images, self.blur)
+        if self.blur_radius:
+            images = gaussian_blur(images, self.blur, self.blur_radius)
         return affine_transform(theta, images, self.downsample_factor,
                                 self.border_mode, self.supersample)
 
@@ -164,19 +167,16 @@ def affine_transform(theta, images, downsample_factor, border_mode, supersample=
     return blocks.mean(axis=(3, 5))
 
 
-def gaussian_kernel(sigma):
-    """A normalised 1-D Gaussian of standard deviation ``sigma`` (pixels),
-    truncated at 2 sigma: radius int(2 sigma + 0.5), as SciPy's truncate=2."""
-    radius = int(2 * sigma + 0.5)
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    return (taps / taps.sum()).astype(theano.config.floatX)
-
-
-def gaussian_blur(images, sigma):
+def gaussian_blur(images, sigma, radius):
     """Blur symbolic ``images`` (batch, channels, H, W), each channel on its
-    own, with a fixed Gaussian (``gaussian_kernel``), the edges extended."""
-    kernel = gaussian_kernel(sigma)
-    radius = len(kernel) // 2
+    own, with a normalised Gaussian of standard deviation ``sigma`` (pixels; a
+    number or a symbolic scalar) cut at ``radius`` pixels, the edges extended.
+    At sigma 0 the kernel is a unit impulse: the images pass unchanged."""
+    offsets = np.arange(-radius, radius + 1).astype(theano.config.floatX)
+    # Below a hundredth of a pixel every tap but the centre underflows to 0.
+    taps = T.exp(-0.5 * (offsets / T.maximum(sigma, 0.01)) ** 2)
+    kernel = T.cast(taps / taps.sum(), theano.config.floatX)
+    width_k = 2 * radius + 1
     batch, channels, height, width = images.shape
     planes = images.reshape((batch * channels, 1, height, width))
     # Extend the edges by repeating the border rows and columns.
@@ -184,10 +184,10 @@ def gaussian_blur(images, sigma):
     cols = T.clip(T.arange(-radius, width + radius), 0, width - 1)
     padded = T.take(T.take(planes, rows, axis=2), cols, axis=3)
     # Separable: a column of taps, then a row (symmetric, so not flipped).
-    blurred = T.nnet.conv2d(padded, kernel.reshape(1, 1, -1, 1),
-                            filter_shape=(1, 1, len(kernel), 1))
-    blurred = T.nnet.conv2d(blurred, kernel.reshape(1, 1, 1, -1),
-                            filter_shape=(1, 1, 1, len(kernel)))
+    blurred = T.nnet.conv2d(padded, kernel.reshape((1, 1, width_k, 1)),
+                            filter_shape=(1, 1, width_k, 1))
+    blurred = T.nnet.conv2d(blurred, kernel.reshape((1, 1, 1, width_k)),
+                            filter_shape=(1, 1, 1, width_k))
     return blurred.reshape((batch, channels, height, width))
 
 

@@ -76,6 +76,9 @@ def add_training_flags(parser, default_output, recipe=None):
     add("-blur", "--blur", type=cli.nonnegative_float, default=0.0,
         help="blur the canvas on its way into the sampler with a fixed Gaussian "
              "of this sigma in pixels (0: none, the chapter's) (default: %(default)s)")
+    add("-blurepochs", "--blurepochs", type=cli.nonnegative_int, default=0,
+        help="the blur fades linearly to none over this many epochs (0: it "
+             "stays) (default: %(default)s)")
     add("-supersample", "--supersample", type=cli.positive_int, default=1,
         help="sample each crop pixel on an N x N grid and average it (1: one "
              "bilinear sample, the chapter's) (default: %(default)s)")
@@ -159,17 +162,21 @@ def run_script(script, settings, create_data, nb_digits, build_model,
     import theano
     np.random.seed(settings["seed"])
     lasagne.random.set_rng(np.random.RandomState(settings["seed"]))
-    sh_drp = theano.shared(lasagne.utils.floatX(0.0), name="dropout")
+    # The settings that change by epoch (``scheduled``), as shared variables.
+    shared = {"dropout": theano.shared(lasagne.utils.floatX(0.0), name="dropout")}
+    if settings["blurepochs"]:
+        shared["blur"] = theano.shared(lasagne.utils.floatX(settings["blur"]), name="blur")
     num_steps = dataset["y_train"].shape[1]
     l_in, l_out, l_A_net, _ = build_model(
-        dim, num_steps, settings["downsample"], sh_drp,
-        **{key: settings[key] for key in TRANSFORM_FLAGS + tuple(model_settings)})
+        dim, num_steps, settings["downsample"], shared["dropout"],
+        **dict({key: settings[key] for key in TRANSFORM_FLAGS + tuple(model_settings)},
+               blur=shared.get("blur", settings["blur"])))
     print("Compiling the training and evaluation functions...")
     start = time.time()
     train_fn, eval_fn, sh_lr = build_functions(
         l_in.input_var, l_out, l_A_net, settings["optimizer"], settings["lr"])
     print(ready_line(start))
-    results = fit(train_fn, eval_fn, sh_lr, sh_drp, dataset, settings, resume=resume)
+    results = fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=resume)
     print("Results in %s, checkpoint in %s" % (settings["output"],
                                               settings["checkpoint"]))
     return results
@@ -223,6 +230,16 @@ def predict(eval_fn, X, num_steps, batch_size):
         transforms.append(A.reshape(len(idx), -1, 6))
     return (np.concatenate(preds).astype(np.int32), np.concatenate(transforms),
             (idx, probs))
+
+
+def scheduled(settings, epoch):
+    """The values at ``epoch`` of the settings that change by epoch: dropout,
+    ramped up over epochs 0-DROPOUT_RAMP, and, with ``blurepochs``, the blur,
+    faded linearly to 0 over that many epochs."""
+    values = {"dropout": settings["dropout"] * min(epoch, DROPOUT_RAMP) / DROPOUT_RAMP}
+    if settings.get("blurepochs"):
+        values["blur"] = settings["blur"] * max(0.0, 1 - epoch / settings["blurepochs"])
+    return values
 
 
 def lr_decays(epoch, last_decay, nodecay, decayinterval):
@@ -290,7 +307,7 @@ class Run:
         self.best = {}            # the results arrays of the best epoch
         self.history = {k: [] for k in ("epoch", "train_loss", "train_acc",
                                         "valid_acc", "test_acc", "test_seq_acc",
-                                        "lr", "seconds", "train_seconds")
+                                        "lr", "seconds", "train_seconds", "blur")
                         + localization.STATS}
         # The shuffling generator's state at the start of the current epoch.
         self.epoch_rng_state = np.random.RandomState(settings["seed"]).get_state()
@@ -354,12 +371,14 @@ class StopFlag:
 
 # ---- The epoch loop ----
 
-def fit(train_fn, eval_fn, sh_lr, sh_drp, dataset, settings, resume=None):
+def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
     """Train as the chapter: returns the results dict that is also saved.
 
-    ``dataset`` comes from ``data.load_sequences``; ``settings`` holds the
-    script's flags (epochs, batch_size, lr, decayinterval, decayfac, nodecay,
-    dropout, patience, train_eval, seed, output, checkpoint, script).
+    ``shared`` maps the names of ``scheduled`` settings to the shared
+    variables that hold them; ``dataset`` comes from ``data.load_sequences``;
+    ``settings`` holds the script's flags (epochs, batch_size, lr,
+    decayinterval, decayfac, nodecay, dropout, blur, blurepochs, patience,
+    train_eval, seed, output, checkpoint, script).
     """
     X_train, y_train = dataset["X_train"], dataset["y_train"]
     num_steps = y_train.shape[1]
@@ -377,8 +396,9 @@ def fit(train_fn, eval_fn, sh_lr, sh_drp, dataset, settings, resume=None):
         while run.epoch < settings["epochs"]:
             epoch = run.epoch
             start_time = time.time()
-            sh_drp.set_value(np.float32(settings["dropout"]
-                                        * min(epoch, DROPOUT_RAMP) / DROPOUT_RAMP))
+            values = scheduled(settings, epoch)
+            for name, value in values.items():
+                shared[name].set_value(np.float32(value))
             if run.batch == 0 and lr_decays(epoch, run.last_decay, settings["nodecay"],
                                             settings["decayinterval"]):
                 sh_lr.set_value(np.float32(sh_lr.get_value() / settings["decayfac"]))
@@ -444,7 +464,8 @@ def fit(train_fn, eval_fn, sh_lr, sh_drp, dataset, settings, resume=None):
                                ("train_acc", train_acc), ("valid_acc", valid_acc),
                                ("test_acc", test_acc), ("test_seq_acc", test_seq_acc),
                                ("lr", float(sh_lr.get_value())), ("seconds", seconds),
-                               ("train_seconds", train_seconds)] + [
+                               ("train_seconds", train_seconds),
+                               ("blur", values.get("blur", settings["blur"]))] + [
                     (key, stats[key].tolist()) for key in localization.STATS]:
                 run.history[key].append(value)
             if valid_acc > run.best_valid:

@@ -124,6 +124,14 @@ def test_epoch_summary_matches_the_saved_transforms_and_boxes(tmp_path, sequence
             % (zoom_x, zoom_y, shift, 100 * centred)) in out
 
 
+def test_dropout_ramps_up_and_the_blur_fades_by_epoch():
+    settings = dict(dropout=0.4, blur=1.5, blurepochs=3)
+    values = [training.scheduled(settings, e) for e in (0, 1, 3, 5)]
+    assert [v["dropout"] for v in values] == pytest.approx([0.0, 0.1, 0.3, 0.4])
+    assert [v["blur"] for v in values] == pytest.approx([1.5, 1.0, 0.0, 0.0])
+    assert training.scheduled(dict(settings, blurepochs=0), 1) == {"dropout": 0.1}
+
+
 def test_lr_schedule_is_the_chapters():
     decays, last = [], -10**9
     for epoch in range(70):
@@ -134,7 +142,7 @@ def test_lr_schedule_is_the_chapters():
 
 
 def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, sequences1, monkeypatch):
-    settings = dict(epochs=2, dropout=0.3)
+    settings = dict(epochs=2, dropout=0.3, blurepochs=2)
     straight, expected = run(tmp_path, sequences1, "a.npz", **settings)
 
     # Press Ctrl-C during the third batch of epoch 0.
@@ -155,6 +163,7 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, sequences1, mo
     resumed = script.main(resume=str(tmp_path / "b.ckpt.npz"))
     for key in ("preds", "all_preds", "history_valid_acc", "history_test_acc"):
         np.testing.assert_array_equal(resumed[key], expected[key])
+    np.testing.assert_allclose(resumed["history_blur"], [1.5, 0.75])
     np.testing.assert_allclose(resumed["A"], expected["A"], rtol=1e-5, atol=1e-6)
 
 

@@ -94,6 +94,23 @@ def test_blur_is_scipys_gaussian_filter_before_sampling(sigma):
     np.testing.assert_allclose(out, expected, atol=2e-5)
 
 
+def test_a_shared_blur_can_change_and_fade_to_none():
+    images, thetas = random_inputs()
+    sigma = theano.shared(np.float32(1.5))
+    layer, fn = transformer((None, 2, 13, 17), (2, 3), blur=sigma)
+    assert layer.blur_radius == 3
+    sigma.set_value(np.float32(0.6))
+    # The kernel keeps its radius of 3: SciPy's truncate at 3 / 0.6 sigmas.
+    blurred = np.stack([[ndimage.gaussian_filter(channel.astype(np.float64), 0.6,
+                                                 mode="nearest", truncate=3 / 0.6)
+                         for channel in image] for image in images])
+    np.testing.assert_allclose(fn(images, thetas),
+                               reference(blurred, thetas, 6, 5, "nearest"), atol=2e-5)
+    sigma.set_value(np.float32(0))
+    np.testing.assert_allclose(fn(images, thetas),
+                               reference(images, thetas, 6, 5, "nearest"), atol=2e-5)
+
+
 @pytest.mark.parametrize("supersample", [2, 3])
 def test_supersample_averages_a_finer_grid(supersample):
     images, thetas = random_inputs()
