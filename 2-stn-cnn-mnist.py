@@ -11,7 +11,7 @@ the identity, reading the small digit in the whole canvas.  The defaults here
 are the recipe that localises (docs/localisation.md): adam at lr 0.0003 on
 minibatches of 32, the canvas blurred (sigma 1.5 pixels) on its way into the
 sampler, the transform starting as a centred crop of 0.65 of the canvas, and the
-learning rate divided by 1.5 every 3 epochs from epoch 11.  The chapter's own
+learning rate divided by 1.5 at epochs 11, 15, 19, ...  The chapter's own
 settings are one command away:
 
     python 2-stn-cnn-mnist.py -optimizer rmsprop -lr 0.0005 --batch-size 100 \\

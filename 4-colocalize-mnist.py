@@ -25,9 +25,11 @@ left for the canvases to share is the digit.
 
 Quality is the fraction of test canvases whose crop overlaps the digit's true
 box (from create_mnist_sequence.py) with IoU > 0.5; the boxes are used for
-that measure only.  Reads model.npz and the 60x60 1-digit dataset of `make
-demo` (any 1-digit dataset with --data), writes a picture:
+that measure only.  Reads model.npz and a 1-digit dataset of 60x60 canvases
+(any 1-digit dataset with --data), writes a picture:
 
+    python create_mnist_sequence.py --nb_digits 1 --output_dim 60 --train_size 40000 \\
+        --valid_size 2000 --test_size 2000 --output mnist_sequence1_60x60.npz
     python 4-colocalize-mnist.py --digit 3     # writes colocalize.png
 
 Expect 86% of the test canvases of 3s at IoU > 0.5 after the 20 epochs, in
@@ -35,12 +37,12 @@ under 2 minutes on 2 cores; 8 classes of 10 reach 86-99.5% (README.md).
 """
 from stn import cli
 
-# make demo's 60x60 canvases: on the chapter's 100x100 ones most crops start on
-# blank background, far from their digit, where they get no gradient.
-DEFAULT_DATA = "demo/mnist_sequence1.npz"
-CREATE_DATA = ("make demo, or mkdir -p demo && python create_mnist_sequence.py "
-               "--nb_digits 1 --output_dim 60 --train_size 40000 --valid_size 2000 "
-               "--test_size 2000 --output demo/mnist_sequence1.npz")
+# 60x60 canvases (Jaderberg et al.'s size): on the chapter's 100x100 ones most
+# crops start on blank background, far from their digit, where they get no gradient.
+DEFAULT_DATA = "mnist_sequence1_60x60.npz"
+CREATE_DATA = ("python create_mnist_sequence.py --nb_digits 1 --output_dim 60 "
+               "--train_size 40000 --valid_size 2000 --test_size 2000 "
+               "--output mnist_sequence1_60x60.npz")
 CROP = 28           # crop side: the encoder's input, an MNIST digit's size
 IOU_THRESHOLD = 0.5
 

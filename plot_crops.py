@@ -17,6 +17,8 @@ import os
 from stn import cli
 
 COLOURS = ("lime", "red", "deepskyblue", "yellow", "magenta", "cyan")
+# The TransformerLayer's sampling keywords as the chapter's layer has them.
+PLAIN = {"blur": 0.0, "blur_radius": 0, "supersample": 1}
 REQUIRED = ("x", "A", "preds")
 
 
@@ -59,14 +61,17 @@ def bilinear(image, x, y):
             + (x - x0) * (y0 + 1 - y) * at(y0, x0 + 1) + (x - x0) * (y - y0) * at(y0 + 1, x0 + 1))
 
 
-def crop(canvas, theta, out_height, out_width, blur=0.0, supersample=1):
-    """The TransformerLayer's crop of one (H, W) ``canvas``, with its ``blur``
-    (SciPy's Gaussian filter, as the layer's) and ``supersample`` keywords."""
+def crop(canvas, theta, out_height, out_width, blur=0.0, blur_radius=0, supersample=1):
+    """The TransformerLayer's (out_height, out_width) crop of one (H, W)
+    ``canvas`` through the 2x3 ``theta``, with its ``blur`` and ``supersample``
+    keywords: the blur is SciPy's Gaussian filter of sigma ``blur`` cut at
+    ``blur_radius`` pixels, the layer's radius (set by the sigma a run
+    started with, which -blurepochs then fades)."""
     import numpy as np
     from scipy import ndimage
-    if blur:
+    if blur and blur_radius:
         canvas = ndimage.gaussian_filter(canvas.astype(np.float64), blur, mode="nearest",
-                                         truncate=2.0)
+                                         truncate=blur_radius / blur)
     k = supersample
     x, y = source_points(theta, out_height * k, out_width * k, *canvas.shape)
     return bilinear(canvas, x, y).reshape(out_height, k, out_width, k).mean(axis=(1, 3))
@@ -100,8 +105,8 @@ def main(file, n=5, seed=111, output=None, show=False):
     factors = np.broadcast_to(res["downsample"] if "downsample" in res else 3.0, 2)
     out_height, out_width = int(height // factors[0]), int(width // factors[1])
     settings = json.loads(str(res["settings"])) if "settings" in res else {}
-    sampling = {key: settings.get(key, default)
-                for key, default in (("blur", 0.0), ("supersample", 1))}
+    sampling = {key: settings.get(key, PLAIN[key]) for key in ("blur", "supersample")}
+    sampling["blur_radius"] = int(2 * sampling["blur"] + 0.5)   # the layer's
     if "history_blur" in res and "best_epoch" in res:
         # A blur that fades (-blurepochs): its sigma at the epoch drawn.
         sigma = res["history_blur"][list(res["history_epoch"]).index(int(res["best_epoch"]))]
@@ -129,13 +134,15 @@ def main(file, n=5, seed=111, output=None, show=False):
             if branches:
                 row[1 + step].set_title("branch %d" % (step + 1))
             else:
-                row[1 + step].set_title(*label("step %d: " % (step + 1), preds[i, step],
-                                               truth[i, step]))
+                text, colour = label("step %d: " % (step + 1), preds[i, step],
+                                     truth[i, step])
+                row[1 + step].set_title(text, color=colour)
             for side in row[1 + step].spines.values():
                 side.set_edgecolor(colour)
                 side.set_linewidth(3)
         if branches:
-            row[0].set_title(*label("", preds[i, 0], truth[i, 0]))
+            text, colour = label("", preds[i, 0], truth[i, 0])
+            row[0].set_title(text, color=colour)
         row[0].set_xlim(-0.5, width - 0.5)
         row[0].set_ylim(height - 0.5, -0.5)
         for ax in row:
@@ -145,8 +152,8 @@ def main(file, n=5, seed=111, output=None, show=False):
         axes[0, 0].set_title("canvas")
     factor = ("%g" % factors[0] if factors[0] == factors[1]
               else "%g,%g" % tuple(factors))
-    extras = "".join(", %s %g" % (key, value) for key, value in sampling.items()
-                     if value != {"blur": 0.0, "supersample": 1}[key])
+    extras = "".join(", %s %g" % (key, sampling[key]) for key in ("blur", "supersample")
+                     if sampling[key] != PLAIN[key])
     fig.suptitle("What the transformer crops: %dx%d crops (downsample %s%s)"
                  % (out_height, out_width, factor, extras))
     plots.save_figure(fig, output, show)
@@ -155,11 +162,11 @@ def main(file, n=5, seed=111, output=None, show=False):
 
 
 def label(prefix, pred, true=None):
-    """A crop's title and its font: the class read, and in red the true one
+    """A crop's title and its colour: the class read, and in red the true one
     when it differs."""
     if true is None or pred == true:
-        return ("%sread %d" % (prefix, pred),)
-    return ("%sread %d, is %d" % (prefix, pred, true), {"color": "red"})
+        return "%sread %d" % (prefix, pred), "black"
+    return "%sread %d, is %d" % (prefix, pred, true), "red"
 
 
 if __name__ == "__main__":

@@ -40,10 +40,13 @@ class TransformerLayer(MergeLayer):
         change sigma (not above its value here, which sets the kernel's size).
     supersample : int
         Extra, not in Lasagne: sample a grid ``supersample`` times finer each
-        way and average each supersample x supersample block, so that every
-        output pixel averages the canvas over its whole footprint, whatever the
-        zoom (as MatConvNet's and Chainer's STN examples do with a 2x2 average
-        pool).  The output shape is unchanged; 1, the default, is Lasagne's.
+        way, spread evenly over the same [-1, 1] square, and average each
+        supersample x supersample block, so that each output pixel averages
+        several samples of its part of the canvas (as MatConvNet's and
+        Chainer's STN examples average-pool a full-resolution sample).  The
+        output shape is unchanged; the blocks' centres lie slightly inside the
+        plain grid's points (by (k - 1) / (k * n - 1) of the half-side, k the
+        factor, n the output side).  1, the default, is Lasagne's.
     """
 
     def __init__(self, incoming, localization_network, downsample_factor=1,
@@ -151,7 +154,9 @@ def bilinear_sample(images, x, y, border_mode):
 
 
 def affine_transform(theta, images, downsample_factor, border_mode, supersample=1):
-    """The TransformerLayer's output for symbolic ``theta`` and ``images``."""
+    """The TransformerLayer's output for symbolic ``theta`` (batch, 6) and
+    ``images`` (batch, channels, H, W): (batch, channels, H // f_h, W // f_w),
+    each pixel the mean of a ``supersample`` x ``supersample`` block of samples."""
     height, width = images.shape[2], images.shape[3]
     out_height = T.cast(height // downsample_factor[0], "int64")
     out_width = T.cast(width // downsample_factor[1], "int64")

@@ -40,6 +40,8 @@ def summary(A, boxes=None, height=None, width=None):
              "shift": np.hypot(A[..., 2], A[..., 5]).mean(0),
              "centred": np.full(A.shape[1], np.nan)}
     if boxes is not None:
+        if height is None or width is None:
+            raise ValueError("summary: boxes need the canvas's height and width")
         boxes = np.asarray(boxes)
         if boxes.shape[1] not in (1, A.shape[1]):
             raise ValueError("summary: %d boxes a canvas for %d transforms"

@@ -132,8 +132,10 @@ def run_script(script, settings, create_data, nb_digits, build_model,
     settings = dict(defaults, **settings)
     resume, epochs = settings.pop("resume"), settings.pop("epochs")
     if resume:
-        # A checkpoint older than a flag runs with that flag's default.
-        settings = dict(defaults, **checkpoint_settings(resume))
+        # A checkpoint older than a flag ran as the chapter: its flags take the
+        # chapter's defaults, not the script's recipe.
+        settings = dict(default_settings(), **dict(model_settings,
+                                                   **checkpoint_settings(resume)))
         settings.pop("resume")
     settings["epochs"] = epochs or settings.get("epochs") or EPOCHS
     settings["script"] = script

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, load_script
-from stn import cli, data, training
+from stn import cli, data, localization, training
 from stn.errors import UserError
 
 script = load_script("2-stn-cnn-mnist.py")
@@ -124,6 +124,25 @@ def test_epoch_summary_matches_the_saved_transforms_and_boxes(tmp_path, sequence
             % (zoom_x, zoom_y, shift, 100 * centred)) in out
 
 
+def test_a_fading_blur_reaches_the_layer_as_a_shared_sigma(tmp_path, sequences1,
+                                                         monkeypatch):
+    layers = []
+    real_build_model = script.build_model
+
+    def capture(*args, **keywords):
+        network = real_build_model(*args, **keywords)
+        layers.append(network[3])
+        return network
+
+    monkeypatch.setattr(script, "build_model", capture)
+    run(tmp_path, sequences1, epochs=2, blur=1.3, blurepochs=2)
+    (transformer,) = layers
+    assert transformer.blur_radius == 3                 # int(2 * 1.3 + 0.5)
+    np.testing.assert_allclose(transformer.blur.get_value(), 0.65)  # epoch 1's sigma
+    run(tmp_path, sequences1, blur=1.3)
+    assert layers[1].blur == 1.3                         # no fade: a constant
+
+
 def test_dropout_ramps_up_and_the_blur_fades_by_epoch():
     settings = dict(dropout=0.4, blur=1.5, blurepochs=3)
     values = [training.scheduled(settings, e) for e in (0, 1, 3, 5)]
@@ -175,6 +194,28 @@ def test_resume_with_epochs_continues_a_finished_run(tmp_path, sequences1):
     assert longer["history_epoch"].tolist() == [0, 1]
     assert longer["history_test_acc"][0] == first["history_test_acc"][0]
     assert training.checkpoint_settings(ckpt)["epochs"] == 2
+
+
+def test_a_checkpoint_older_than_the_sampling_flags_resumes_as_the_chapter(
+        tmp_path, sequences1):
+    # A run of the chapter's network, its checkpoint stripped of what this
+    # project added later: the flags' settings and the transform statistics.
+    run(tmp_path, sequences1, blur=0.0, initzoom=1.0)
+    path = str(tmp_path / "res.ckpt.npz")
+    ckpt = data.load_npz(path)
+    settings = json.loads(str(ckpt["settings"]))
+    for key in training.TRANSFORM_FLAGS + ("blurepochs",):
+        del settings[key]
+    ckpt["settings"] = np.array(json.dumps(settings))
+    for key in ("blur",) + tuple(localization.STATS):
+        del ckpt["history_" + key]
+    data.save_npz(path, **ckpt)
+    resumed = script.main(resume=path, epochs=2)
+    settings = json.loads(str(resumed["settings"]))
+    assert (settings["blur"], settings["initzoom"], settings["supersample"]) == (0.0, 1.0, 1)
+    assert resumed["history_zoom_x"].shape == (2, 1)
+    assert np.isnan(resumed["history_zoom_x"][0]).all()
+    assert np.isfinite(resumed["history_zoom_x"][1]).all()
 
 
 def test_nan_loss_stops_and_keeps_the_previous_results(tmp_path, sequences1):

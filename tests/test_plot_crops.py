@@ -44,13 +44,14 @@ def test_crops_match_the_layer_with_blur_and_supersampling(blur, supersample):
         canvases, thetas)
     for i in range(3):
         np.testing.assert_allclose(script.crop(canvases[i, 0], thetas[i], 10, 10, blur,
-                                               supersample), expected[i, 0], atol=1e-5)
+                                               layer.blur_radius, supersample),
+                                   expected[i, 0], atol=1e-5)
 
 
 def test_titles_say_the_class_read_and_the_true_one_when_wrong():
-    assert script.label("step 1: ", 3, 3) == ("step 1: read 3",)
-    assert script.label("", 3) == ("read 3",)
-    assert script.label("step 2: ", 3, 5) == ("step 2: read 3, is 5", {"color": "red"})
+    assert script.label("step 1: ", 3, 3) == ("step 1: read 3", "black")
+    assert script.label("", 3) == ("read 3", "black")
+    assert script.label("step 2: ", 3, 5) == ("step 2: read 3, is 5", "red")
 
 
 @pytest.mark.parametrize("steps", [1, 3])
@@ -65,6 +66,30 @@ def test_writes_png_for_one_and_three_steps(tmp_path, steps):
     assert png == str(tmp_path / "res_crops.png")
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_draws_with_the_blur_of_the_epoch_it_shows(tmp_path, monkeypatch):
+    # A run that started at sigma 1.5 (the layer's radius 3) and faded it to
+    # 0.75 by its best epoch, 1: the crops are drawn at 0.75, radius 3.
+    import json
+    rng = np.random.RandomState(3)
+    path = str(tmp_path / "res.npz")
+    data.save_npz(path, x=rng.rand(4, 30, 30).astype(np.float32),
+                  A=np.tile(np.float32([0.5, 0, 0, 0, 0.5, 0]), (4, 1)),
+                  preds=np.zeros(4, np.int32), y=np.arange(4, dtype=np.int32),
+                  downsample=np.float32(3), best_epoch=np.array(1),
+                  history_epoch=np.arange(2), history_blur=np.array([1.5, 0.75]),
+                  settings=np.array(json.dumps({"blur": 1.5, "blurepochs": 2})))
+    calls = []
+    real_crop = script.crop
+
+    def crop(*args, **keywords):
+        calls.append(keywords)
+        return real_crop(*args, **keywords)
+
+    monkeypatch.setattr(script, "crop", crop)
+    script.main(path, n=2)
+    assert calls == [{"blur": 0.75, "blur_radius": 3, "supersample": 1}] * 2
 
 
 def test_results_file_without_the_needed_keys(tmp_path):
