@@ -53,11 +53,11 @@ def build_parser():
 
 
 def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, blur=0.0,
-                supersample=1, branches=1):
+                sharp=False, supersample=1, branches=1):
     """The chapter's network for ``dim`` x ``dim`` canvases holding ``num_steps``
     digit (one, here); returns (l_in, l_out, l_A_net, l_transform).  The
     transform starts as a centred crop of ``initzoom`` of the canvas (1: the
-    identity); ``blur`` and ``supersample`` are the TransformerLayer's.  With
+    identity); ``blur``, ``sharp`` and ``supersample`` are the TransformerLayer's.  With
     ``branches`` > 1, l_A_net gives the branches' transforms side by side
     (batch, 6 * branches) and l_transform their crops as channels."""
     import lasagne
@@ -85,7 +85,7 @@ def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, blur=0.0,
     # branches start alike; the classifier's different weights for each crop
     # channel pull them apart.
     crops = [TransformerLayer(l_dim, l_A_net, downsample_factor=downsample,
-                              blur=blur, supersample=supersample)
+                              blur=blur, sharp=sharp, supersample=supersample)
              for l_A_net in heads]
     if branches == 1:
         l_A_net, l_transform = heads[0], crops[0]

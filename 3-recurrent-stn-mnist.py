@@ -32,12 +32,12 @@ def build_parser():
 
 
 def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, blur=0.0,
-                supersample=1):
+                sharp=False, supersample=1):
     """The chapter's recurrent network for ``num_steps`` digits per canvas;
     returns (l_in, l_out, l_A_net, l_transform).  ``l_out`` and ``l_A_net`` give
     one row per (canvas, step), canvas-major: canvas 0 steps 0, 1, 2, canvas 1...
     The transforms start as a centred crop of ``initzoom`` of the canvas (1:
-    the identity); ``blur`` and ``supersample`` are the TransformerLayer's.
+    the identity); ``blur``, ``sharp`` and ``supersample`` are the TransformerLayer's.
     """
     import lasagne
     import numpy as np
@@ -66,7 +66,7 @@ def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, blur=0.0,
     # canvas-major order as the GRU's reshaped output.
     l_dim_repeat = ReshapeLayer(Repeat(l_dim, n=num_steps), (-1, 1, dim, dim))
     l_transform = TransformerLayer(l_dim_repeat, l_A_net, downsample_factor=downsample,
-                                   blur=blur, supersample=supersample)
+                                   blur=blur, sharp=sharp, supersample=supersample)
     l_out = mnist_cnn.model(l_transform, input_dim=dim, p=sh_drp, num_units=400)
     return l_in, l_out, l_A_net, l_transform
 

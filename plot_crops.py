@@ -112,6 +112,8 @@ def main(file, n=5, seed=111, output=None, show=False):
         sigma = res["history_blur"][list(res["history_epoch"]).index(int(res["best_epoch"]))]
         if np.isfinite(sigma):
             sampling["blur"] = float(sigma)
+    if settings.get("sharp"):
+        sampling["blur"] = 0.0   # the classifier read the unblurred crop
     # The true digits, one per step, when the file has them.
     truth = res["y"].reshape(count, -1) if "y" in res else np.full((count, steps), None)
 

@@ -38,6 +38,12 @@ class TransformerLayer(MergeLayer):
         layer.  Against the aliasing of a bilinear sampler that downsamples
         (Jaderberg et al. 2015, section 3.4).  A shared variable lets training
         change sigma (not above its value here, which sets the kernel's size).
+    sharp : bool
+        Extra, not in Lasagne: with a blur, the output is the sample of the
+        unblurred images while the gradient with respect to theta is the
+        blurred sample's (a straight-through estimate: the classifier reads a
+        sharp crop, the transform learns from the smoother one).  False, the
+        default, outputs the blurred sample.
     supersample : int
         Extra, not in Lasagne: sample a grid ``supersample`` times finer each
         way, spread evenly over the same [-1, 1] square, and average each
@@ -50,7 +56,7 @@ class TransformerLayer(MergeLayer):
     """
 
     def __init__(self, incoming, localization_network, downsample_factor=1,
-                 border_mode="nearest", blur=0.0, supersample=1, **kwargs):
+                 border_mode="nearest", blur=0.0, sharp=False, supersample=1, **kwargs):
         super(TransformerLayer, self).__init__([incoming, localization_network],
                                                **kwargs)
         self.downsample_factor = lasagne.utils.as_tuple(downsample_factor, 2)
@@ -64,7 +70,7 @@ class TransformerLayer(MergeLayer):
         if int(supersample) != supersample or supersample < 1:
             raise ValueError("TransformerLayer: supersample must be a whole number of "
                              "at least 1, not %r" % (supersample,))
-        self.blur, self.supersample = blur, int(supersample)
+        self.blur, self.sharp, self.supersample = blur, bool(sharp), int(supersample)
         self.blur_radius = int(2 * sigma + 0.5)
         input_shp, loc_shp = self.input_shapes
         if len(loc_shp) != 2 or loc_shp[1] != 6:
@@ -82,10 +88,16 @@ class TransformerLayer(MergeLayer):
 
     def get_output_for(self, inputs, **kwargs):
         images, theta = inputs
-        if self.blur_radius:
-            images = gaussian_blur(images, self.blur, self.blur_radius)
-        return affine_transform(theta, images, self.downsample_factor,
-                                self.border_mode, self.supersample)
+
+        def sample(images):
+            return affine_transform(theta, images, self.downsample_factor,
+                                    self.border_mode, self.supersample)
+        if not self.blur_radius:
+            return sample(images)
+        blurred = sample(gaussian_blur(images, self.blur, self.blur_radius))
+        if not self.sharp:
+            return blurred
+        return blurred + theano.gradient.disconnected_grad(sample(images) - blurred)
 
 
 def linspace(start, stop, num):

@@ -23,7 +23,7 @@ DROPOUT_RAMP = 4       # dropout grows linearly to its value over epochs 0-4
 MIN_CROP = 16          # the smallest crop the MNIST CNN (two 5x5 convs and pools) reads
 EPOCHS = 300           # the chapter's maximum number of epochs
 # The flags of the transformer that both scripts pass to their build_model.
-TRANSFORM_FLAGS = ("initzoom", "blur", "supersample")
+TRANSFORM_FLAGS = ("initzoom", "blur", "sharp", "supersample")
 
 
 class Interrupted(UserError):
@@ -79,6 +79,9 @@ def add_training_flags(parser, default_output, recipe=None):
     add("-blurepochs", "--blurepochs", type=cli.nonnegative_int, default=0,
         help="the blur fades linearly to none over this many epochs (0: it "
              "stays) (default: %(default)s)")
+    add("-sharp", "--sharp", action="store_true",
+        help="with -blur, the classifier reads the unblurred crop; the blur only "
+             "smooths the transform's gradient (default: off, the blurred crop)")
     add("-supersample", "--supersample", type=cli.positive_int, default=1,
         help="sample each crop pixel on an N x N grid and average it (1: one "
              "bilinear sample, the chapter's) (default: %(default)s)")

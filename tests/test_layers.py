@@ -111,6 +111,26 @@ def test_a_shared_blur_can_change_and_fade_to_none():
                                reference(images, thetas, 6, 5, "nearest"), atol=2e-5)
 
 
+def test_sharp_outputs_the_plain_crop_with_the_blurred_crops_gradient():
+    images, thetas = random_inputs()
+    weights = np.random.RandomState(5).rand(3, 2, 6, 5).astype(np.float32)
+    outputs, grads = [], []
+    for keywords in ({}, {"blur": 1.5}, {"blur": 1.5, "sharp": True}):
+        images_var, theta = T.tensor4("images"), T.matrix("theta")
+        layer = TransformerLayer(lasagne.layers.InputLayer((None, 2, 13, 17), images_var),
+                                 lasagne.layers.InputLayer((None, 6), theta), (2, 3),
+                                 **keywords)
+        out = lasagne.layers.get_output(layer)
+        fn = theano.function([images_var, theta], [out, T.grad((out * weights).sum(), theta)])
+        out_value, grad_value = fn(images, thetas)
+        outputs.append(out_value)
+        grads.append(grad_value)
+    plain, blurred, sharp = outputs
+    np.testing.assert_allclose(sharp, plain, atol=1e-5)
+    np.testing.assert_allclose(grads[2], grads[1], rtol=1e-4, atol=1e-5)
+    assert np.abs(grads[2] - grads[0]).max() > 1e-2 and np.abs(sharp - blurred).max() > 1e-2
+
+
 @pytest.mark.parametrize("supersample", [2, 3])
 def test_supersample_averages_a_finer_grid(supersample):
     images, thetas = random_inputs()
