@@ -83,7 +83,7 @@ class TransformerLayer(MergeLayer):
     def get_output_shape_for(self, input_shapes):
         shape = input_shapes[0]
         factors = self.downsample_factor
-        return (shape[:2] + tuple(None if s is None else int(s // f)
+        return (shape[:2] + tuple(None if s is None else int(output_size(s, f))
                                   for s, f in zip(shape[2:], factors)))
 
     def get_output_for(self, inputs, **kwargs):
@@ -98,6 +98,15 @@ class TransformerLayer(MergeLayer):
         if not self.sharp:
             return blurred
         return blurred + theano.gradient.disconnected_grad(sample(images) - blurred)
+
+
+def output_size(size, factor):
+    """The sampled side for an input side of ``size`` pixels (a Python or a
+    symbolic integer) and a downsample ``factor``: floor(size / factor) in
+    float64, a quotient within 1e-6 below a whole number taken as that number
+    (60 / 0.6 gives 100 and 33 / 1.1 gives 30, where Python's // gives 99.0
+    and 29.0 and float32 99).  Lasagne master's ``s // f`` for whole factors."""
+    return (size / np.float64(factor) + 1e-6) // 1
 
 
 def linspace(start, stop, num):
@@ -140,7 +149,9 @@ def bilinear_sample(images, x, y, border_mode):
     height, width = images.shape[2], images.shape[3]
     height_f = T.cast(height, theano.config.floatX)
     width_f = T.cast(width, theano.config.floatX)
-    x0_f, y0_f = T.floor(x), T.floor(y)
+    # A diverged transform's non-finite coordinates index pixel 0; their
+    # weights keep the NaN or infinity, so their output is not finite.
+    x0_f, y0_f = [T.floor(T.switch(T.isnan(v) | T.isinf(v), 0, v)) for v in (x, y)]
     x1_f, y1_f = x0_f + 1, y0_f + 1
     x0, x1 = [T.cast(border_index(v, width_f, border_mode), "int64")
               for v in (x0_f, x1_f)]
@@ -167,11 +178,12 @@ def bilinear_sample(images, x, y, border_mode):
 
 def affine_transform(theta, images, downsample_factor, border_mode, supersample=1):
     """The TransformerLayer's output for symbolic ``theta`` (batch, 6) and
-    ``images`` (batch, channels, H, W): (batch, channels, H // f_h, W // f_w),
+    ``images`` (batch, channels, H, W): (batch, channels, output_size(H, f_h),
+    output_size(W, f_w)),
     each pixel the mean of a ``supersample`` x ``supersample`` block of samples."""
     height, width = images.shape[2], images.shape[3]
-    out_height = T.cast(height // downsample_factor[0], "int64")
-    out_width = T.cast(width // downsample_factor[1], "int64")
+    out_height = T.cast(output_size(height, downsample_factor[0]), "int64")
+    out_width = T.cast(output_size(width, downsample_factor[1]), "int64")
     x_s, y_s = affine_grid(theta, out_height * supersample, out_width * supersample)
     # From [-1, 1] to pixel coordinates [0, size - 1].
     x = (x_s + 1) / 2 * T.cast(width - 1, theano.config.floatX)

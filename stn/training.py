@@ -21,6 +21,7 @@ CLIP_GRADIENT = 1.0    # each gradient element is clipped to +-1 ...
 MAX_NORM = 5.0         # ... then all of them rescaled to a total norm of at most 5
 DROPOUT_RAMP = 4       # dropout grows linearly to its value over epochs 0-4
 MIN_CROP = 16          # the smallest crop the MNIST CNN (two 5x5 convs and pools) reads
+MIN_CANVAS = 2 * MIN_CROP   # the localization network reads the canvas pooled 2x2
 EPOCHS = 300           # the chapter's maximum number of epochs
 # The flags of the transformer that both scripts pass to their build_model.
 TRANSFORM_FLAGS = ("initzoom", "blur", "sharp", "supersample")
@@ -152,13 +153,18 @@ def run_script(script, settings, create_data, nb_digits, build_model,
     if settings["train_size"]:
         for key in ("X_train", "y_train"):
             dataset[key] = dataset[key][:settings["train_size"]]
+    from .layers import output_size
     dim = dataset["output_dim"]
+    if dim < MIN_CANVAS:
+        raise UserError("%s: its canvases are %d pixels wide; the localization network "
+                        "needs at least %d (create_mnist_sequence.py --output_dim %d or more)"
+                        % (settings["data"], dim, MIN_CANVAS, MIN_CANVAS))
     for factor in np.broadcast_to(settings["downsample"], 2):
-        if dim // factor < MIN_CROP:
+        crop = int(output_size(dim, factor))
+        if crop < MIN_CROP:
             raise UserError("-downsample %g: leaves a %d-pixel crop of the %d-pixel "
                             "canvas; the classifier needs at least %d, so use at most %g"
-                            % (factor, dim // factor, dim, MIN_CROP,
-                               dim / float(MIN_CROP)))
+                            % (factor, crop, dim, MIN_CROP, dim / float(MIN_CROP)))
     for split in data.SPLITS:
         print("%-5s  X %s  y %s" % (split, dataset["X_" + split].shape,
                                     dataset["y_" + split].shape))

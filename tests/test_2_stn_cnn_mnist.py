@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_script
+from conftest import ROOT, load_script, make_sequences
 from stn import cli, data, localization, training
 from stn.errors import UserError
 
@@ -238,6 +238,13 @@ def test_data_that_does_not_fit(tmp_path, sequences3):
 def test_downsample_too_large_is_refused_before_training(tmp_path, sequences1):
     with pytest.raises(UserError, match="-downsample 4: leaves a 15-pixel crop"):
         run(tmp_path, sequences1, downsample=4)
+
+
+def test_a_canvas_too_small_for_the_localization_network_is_refused(tmp_path):
+    small = make_sequences(tmp_path, 1, 30, train_size=50)
+    with pytest.raises(UserError, match="canvases are 30 pixels wide; the localization "
+                       "network needs at least 32"):
+        run(tmp_path, small, downsample=1.5)
 
 
 @pytest.mark.parametrize("flags, message", [

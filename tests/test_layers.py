@@ -71,6 +71,23 @@ def test_output_shapes(downsample, expected):
     assert TransformerLayer((None, 1, 100, 100), (None, 6), 3).output_shape == (None, 1, 33, 33)
 
 
+@pytest.mark.parametrize("size", [22, 30, 33, 60, 100])
+def test_declared_and_computed_shapes_agree_for_factors_below_and_above_one(size):
+    images, theta = T.tensor4("images"), T.matrix("theta")
+    layers = [TransformerLayer(lasagne.layers.InputLayer((None, 1, size, size), images),
+                               lasagne.layers.InputLayer((None, 6), theta), factor)
+              for factor in (0.6, 0.7, 1.1, 1.5, 1.875, 2.2, 3, 3.3)]
+    shapes = theano.function([images, theta],
+                             [lasagne.layers.get_output(layer).shape for layer in layers])
+    computed = shapes(np.zeros((1, 1, size, size), np.float32),
+                      np.float32([[1, 0, 0, 0, 1, 0]]))
+    assert [tuple(shape[2:]) for shape in computed] == [layer.output_shape[2:]
+                                                       for layer in layers]
+    # Quotients a float rounding below a whole number: 60 / 0.6 and 33 / 1.1.
+    if size in (60, 33):
+        assert layers[0 if size == 60 else 2].output_shape[2] == {60: 100, 33: 30}[size]
+
+
 @pytest.mark.parametrize("border_mode", ["nearest", "mirror", "wrap"])
 @pytest.mark.parametrize("downsample", [1, (2, 3)])
 def test_matches_an_independent_bilinear_sampler(border_mode, downsample):
@@ -140,6 +157,16 @@ def test_supersample_averages_a_finer_grid(supersample):
     fine = reference(images, thetas, 6 * supersample, 5 * supersample, "nearest")
     expected = fine.reshape(3, 2, 6, supersample, 5, supersample).mean(axis=(3, 5))
     np.testing.assert_allclose(out, expected, atol=2e-5)
+
+
+@pytest.mark.parametrize("border_mode", ["nearest", "mirror", "wrap"])
+def test_a_non_finite_transform_gives_a_non_finite_crop_not_an_index_error(border_mode):
+    images, thetas = random_inputs()
+    thetas[0, 2], thetas[1, 4], thetas[2, 5] = np.nan, np.inf, 1e30
+    _, fn = transformer((None, 2, 13, 17), (2, 3), border_mode)
+    out = fn(images, thetas)
+    assert not np.isfinite(out[0]).any() and not np.isfinite(out[1]).all()
+    assert np.isfinite(out[2]).all()
 
 
 def test_gradients_with_respect_to_theta_and_input():
