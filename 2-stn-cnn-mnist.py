@@ -57,9 +57,10 @@ def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, blur=0.0,
     """The chapter's network for ``dim`` x ``dim`` canvases holding ``num_steps``
     digit (one, here); returns (l_in, l_out, l_A_net, l_transform).  The
     transform starts as a centred crop of ``initzoom`` of the canvas (1: the
-    identity); ``blur``, ``sharp`` and ``supersample`` are the TransformerLayer's.  With
-    ``branches`` > 1, l_A_net gives the branches' transforms side by side
-    (batch, 6 * branches) and l_transform their crops as channels."""
+    identity); ``blur``, ``sharp`` and ``supersample`` are the
+    TransformerLayer's.  With ``branches`` > 1, l_A_net gives the branches'
+    transforms side by side (batch, 6 * branches) and l_transform their crops
+    as channels."""
     import lasagne
     import numpy as np
     import mnist_cnn
@@ -95,16 +96,16 @@ def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, blur=0.0,
     return l_in, l_out, l_A_net, l_transform
 
 
-def main(data=DEFAULT_DATA, output="res_test_2.npz", **settings):
-    """Train; write ``output`` and its checkpoint; return the results arrays.
+def main(**settings):
+    """Train; write the results file and its checkpoint; return the results arrays.
 
-    ``settings`` are the other flags by name (lr=0.0003, epochs=300,
+    ``settings`` are the flags by name (data=..., output=..., lr=0.0003,
     branches=1, ...; see ``--help``); those left out take their defaults.
     """
-    return training.run_script("2-stn-cnn-mnist.py",
-                               dict(settings, data=data, output=output),
-                               CREATE_DATA, 1, build_model, {"branches": 1}, RECIPE)
+    return training.run_script(
+        "2-stn-cnn-mnist.py", settings, CREATE_DATA, 1, build_model,
+        dict(data=DEFAULT_DATA, output="res_test_2.npz", branches=1), RECIPE)
 
 
 if __name__ == "__main__":
-    cli.run(main, build_parser().parse_args())
+    cli.run(main, cli.given(build_parser()))

@@ -37,7 +37,8 @@ def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, blur=0.0,
     returns (l_in, l_out, l_A_net, l_transform).  ``l_out`` and ``l_A_net`` give
     one row per (canvas, step), canvas-major: canvas 0 steps 0, 1, 2, canvas 1...
     The transforms start as a centred crop of ``initzoom`` of the canvas (1:
-    the identity); ``blur``, ``sharp`` and ``supersample`` are the TransformerLayer's.
+    the identity); ``blur``, ``sharp`` and ``supersample`` are the
+    TransformerLayer's.
     """
     import lasagne
     import numpy as np
@@ -71,16 +72,16 @@ def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, blur=0.0,
     return l_in, l_out, l_A_net, l_transform
 
 
-def main(data=DEFAULT_DATA, output="res_test_3.npz", **settings):
-    """Train; write ``output`` and its checkpoint; return the results arrays.
+def main(**settings):
+    """Train; write the results file and its checkpoint; return the results arrays.
 
-    ``settings`` are the other flags by name (lr=0.0005, epochs=300, ...; see
-    ``--help``); those left out take their defaults.
+    ``settings`` are the flags by name (data=..., output=..., lr=0.0005, ...;
+    see ``--help``); those left out take their defaults.
     """
-    return training.run_script("3-recurrent-stn-mnist.py",
-                               dict(settings, data=data, output=output),
-                               CREATE_DATA, None, build_model)
+    return training.run_script(
+        "3-recurrent-stn-mnist.py", settings, CREATE_DATA, None, build_model,
+        dict(data=DEFAULT_DATA, output="res_test_3.npz"))
 
 
 if __name__ == "__main__":
-    cli.run(main, build_parser().parse_args())
+    cli.run(main, cli.given(build_parser()))

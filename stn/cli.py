@@ -63,6 +63,17 @@ def add_cnn_flags(parser, data):
                         help="1-digit dataset (default: %(default)s)")
 
 
+def given(parser, argv=None):
+    """Parse the command line (``argv``, default sys.argv[1:]) into a Namespace
+    of the flags given on it only, so that ``main`` can tell a flag given from
+    one left at its default (a resumed run must)."""
+    unset = object()
+    names = vars(parser.parse_args([]))
+    args = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(names, unset)))
+    return argparse.Namespace(**{name: value for name, value in vars(args).items()
+                                 if value is not unset})
+
+
 def run(main, args):
     """Call ``main(**vars(args))``; a UserError becomes one line on stderr,
     "prog: error: message", and exit code 2 (a subclass may set ``label`` and

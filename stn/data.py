@@ -154,7 +154,8 @@ def load_sequences(path, nb_digits=None, hint=None, boxes=False):
     int32 (N, nb_digits) for train, valid and test, and ``output_dim`` W, and
     the digit boxes ``boxes_{split}`` (N, nb_digits, 4), [x0, y0, x1, y1), when
     the file has them (files of create_mnist_sequence.py do); with ``boxes``
-    they are required.
+    they are required.  ``create_command`` is the command that rewrites the
+    file, when it stores its generator's settings, else None.
     """
     raw = load_npz(path, hint)
     data = {}
@@ -191,7 +192,21 @@ def load_sequences(path, nb_digits=None, hint=None, boxes=False):
     if len(dims) != 1 or len(widths) != 1:
         raise UserError("%s: the splits differ in canvas size or digit count" % path)
     data["output_dim"] = dims.pop()
+    data["create_command"] = create_command(path, raw)
     return data
+
+
+def create_command(path, raw):
+    """The create_mnist_sequence.py command that writes the dataset ``raw``
+    (the arrays of a file) to ``path`` again, or None if the file lacks the
+    generator's settings."""
+    names = ("nb_digits", "output_dim", "nb_distortions", "distortion_size", "seed")
+    if any(name not in raw for name in names):
+        return None
+    flags = ["--%s %d" % (name, int(raw[name])) for name in names]
+    flags += ["--%s_size %d" % (split, len(raw["y_" + split])) for split in SPLITS]
+    return "python create_mnist_sequence.py %s --output %s" % (
+        " ".join(flags), os.path.abspath(path))
 
 
 def digit_crops(path, hint=None):

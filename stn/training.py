@@ -7,6 +7,7 @@ epoch (and on Ctrl-C) that ``--resume`` continues exactly.
 """
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -118,46 +119,48 @@ def default_settings(recipe=None):
     return vars(parser.parse_args([]))
 
 
-def run_script(script, settings, create_data, nb_digits, build_model,
-               model_settings=None, recipe=None):
+def run_script(script, settings, create_data, nb_digits, build_model, own_defaults,
+               recipe=None):
     """What both STN scripts do around their network: check the settings, load
     the data, build the network with ``build_model(dim, num_steps, downsample,
-    sh_drp, initzoom=, blur=, supersample=, **model_settings)``,
-    compile, train.  ``model_settings`` are the script's own flags with their
-    defaults, ``recipe`` its defaults for the training flags.  With
-    ``settings["resume"]`` the checkpoint's settings are used instead of the
-    others, except ``epochs`` if given.  Settings left out take the flags'
-    defaults."""
-    model_settings = model_settings or {}
-    defaults = dict(default_settings(recipe), **model_settings)
-    unknown = set(settings) - set(defaults) - {"data"}
+    sh_drp, initzoom=, blur=, sharp=, supersample=, **model_settings)``,
+    compile, train.  ``settings`` are the flags given, by name;
+    ``own_defaults`` the script's own flags' defaults (data, output, and the
+    model settings build_model takes), ``recipe`` its defaults for the
+    training flags.  With ``settings["resume"]``, see ``resumed_settings``."""
+    defaults = dict(default_settings(recipe), **own_defaults)
+    unknown = set(settings) - set(defaults)
     if unknown:
         raise TypeError("unknown settings: %s" % ", ".join(sorted(unknown)))
-    settings = dict(defaults, **settings)
-    resume, epochs = settings.pop("resume"), settings.pop("epochs")
-    if resume:
+    if settings.get("resume"):
         # A checkpoint older than a flag ran as the chapter: its flags take the
         # chapter's defaults, not the script's recipe.
-        settings = dict(default_settings(), **dict(model_settings,
-                                                   **checkpoint_settings(resume)))
-        settings.pop("resume")
-    settings["epochs"] = epochs or settings.get("epochs") or EPOCHS
+        settings = resumed_settings(settings, dict(default_settings(), **own_defaults))
+    else:
+        settings = dict(defaults, **settings)
+        settings["checkpoint"] = (settings["checkpoint"]
+                                  or settings["output"].replace(".npz", "") + ".ckpt.npz")
+        # Absolute, so that --resume works from any directory.
+        for name in ("data", "output", "checkpoint"):
+            settings[name] = os.path.abspath(settings[name])
+    resume = settings.pop("resume")
+    settings["epochs"] = settings["epochs"] or EPOCHS
     settings["script"] = script
-    settings["checkpoint"] = (settings["checkpoint"]
-                              or settings["output"].replace(".npz", "") + ".ckpt.npz")
     data.check_writable(settings["output"])
     data.check_writable(settings["checkpoint"], "--checkpoint")
 
     dataset = data.load_sequences(settings["data"], nb_digits=nb_digits,
-                                  hint=create_data)
+                                  hint=settings.get("create_data", create_data))
+    settings["create_data"] = dataset.pop("create_command") or create_data
     if settings["train_size"]:
         for key in ("X_train", "y_train"):
             dataset[key] = dataset[key][:settings["train_size"]]
     from .layers import output_size
     dim = dataset["output_dim"]
     if dim < MIN_CANVAS:
-        raise UserError("%s: its canvases are %d pixels wide; the localization network "
-                        "needs at least %d (create_mnist_sequence.py --output_dim %d or more)"
+        raise UserError("%s: its canvases are %d pixels wide; the localization "
+                        "network needs at least %d (create_mnist_sequence.py "
+                        "--output_dim %d or more)"
                         % (settings["data"], dim, MIN_CANVAS, MIN_CANVAS))
     for factor in np.broadcast_to(settings["downsample"], 2):
         crop = int(output_size(dim, factor))
@@ -180,7 +183,8 @@ def run_script(script, settings, create_data, nb_digits, build_model,
     num_steps = dataset["y_train"].shape[1]
     l_in, l_out, l_A_net, _ = build_model(
         dim, num_steps, settings["downsample"], shared["dropout"],
-        **dict({key: settings[key] for key in TRANSFORM_FLAGS + tuple(model_settings)},
+        **dict({key: settings[key] for key in TRANSFORM_FLAGS + tuple(
+            set(own_defaults) - {"data", "output"})},
                blur=shared.get("blur", settings["blur"])))
     print("Compiling the training and evaluation functions...")
     start = time.time()
@@ -272,6 +276,44 @@ def save_checkpoint(path, train_fn, settings, rng_state, **arrays):
     for i, v in enumerate(train_fn.get_shared()):
         arrays["shared_%d" % i] = v.get_value()
     data.save_npz(path, **arrays)
+
+
+# The flags that a resumed run takes from its command line; the rest are the run's.
+RESUME_CHANGES = ("epochs", "patience", "output", "checkpoint")
+
+
+def resumed_settings(given, defaults):
+    """The settings of the run checkpointed in ``given["resume"]``, with the
+    flags of RESUME_CHANGES that ``given`` holds.  The checkpoint written is
+    the one resumed from (so that a copy goes on in itself) and, unless that
+    is the run's own, the results go beside it (copy.ckpt.npz: copy.npz).
+    ``defaults`` fill the settings a checkpoint older than them lacks.
+
+    Raises UserError naming any other flag given with a value other than the
+    run's: a resumed run cannot change it."""
+    path = given["resume"]
+    settings = dict(defaults, **checkpoint_settings(path))
+    for name, value in sorted(given.items()):
+        if (name not in RESUME_CHANGES + ("resume",)
+                and json.dumps(value) != json.dumps(settings.get(name))):
+            raise UserError("--%s %s: a resumed run keeps the settings it started with "
+                            "(%s in %s); leave the flag out, or start a new run"
+                            % (name.replace("_", "-"), value, settings.get(name), path))
+    own = settings.get("checkpoint") and os.path.exists(settings["checkpoint"]) \
+        and os.path.samefile(path, settings["checkpoint"])
+    settings["checkpoint"] = os.path.abspath(given.get("checkpoint") or path)
+    if given.get("output"):
+        settings["output"] = os.path.abspath(given["output"])
+    elif own:
+        settings["output"] = os.path.abspath(settings["output"])
+    else:
+        stem = path[:-len(".ckpt.npz")] if path.endswith(".ckpt.npz") else path + ".results"
+        settings["output"] = os.path.abspath(stem + ".npz")
+    for name in ("epochs", "patience"):
+        if given.get(name) is not None:
+            settings[name] = given[name]
+    settings["resume"] = path
+    return settings
 
 
 def checkpoint_settings(path):
@@ -438,10 +480,10 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
                     progress.close()
                     run.save(settings["checkpoint"], train_fn)
                     raise Interrupted(
-                        "interrupted at epoch %d after batch %d/%d; results in %s, "
-                        "checkpoint in %s; resume with: %s"
-                        % (epoch, run.batch, len(batches), settings["output"],
-                           settings["checkpoint"], resume_hint))
+                        "interrupted at epoch %d after batch %d/%d; checkpoint in "
+                        "%s; resume with: %s"
+                        % (epoch, run.batch, len(batches), settings["checkpoint"],
+                           resume_hint))
             progress.close()
             train_seconds = time.time() - start_time
             train_loss = run.batch_loss / run.batch

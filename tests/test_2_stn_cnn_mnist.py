@@ -196,6 +196,53 @@ def test_resume_with_epochs_continues_a_finished_run(tmp_path, sequences1):
     assert training.checkpoint_settings(ckpt)["epochs"] == 2
 
 
+def test_the_command_line_gives_main_only_the_flags_typed():
+    parser = script.build_parser()
+    assert vars(cli.given(parser, ["-lr", "0.1", "--resume", "r.ckpt.npz"])) == {
+        "lr": 0.1, "resume": "r.ckpt.npz"}
+    assert vars(cli.given(parser, ["--batch-size", "32"])) == {"batch_size": 32}
+
+
+def test_resume_refuses_a_changed_flag_and_takes_a_new_output(tmp_path, sequences1):
+    output, _ = run(tmp_path, sequences1, "a.npz")
+    ckpt = str(tmp_path / "a.ckpt.npz")
+    with pytest.raises(UserError, match=r"--lr 0.1: a resumed run keeps the settings it "
+                       r"started with \(0.0003 in .*a.ckpt.npz\)"):
+        script.main(resume=ckpt, epochs=2, lr=0.1)
+    with pytest.raises(UserError, match="--downsample 2.0: a resumed run keeps"):
+        script.main(resume=ckpt, downsample=2.0)
+    before = (tmp_path / "a.npz").read_bytes()
+    # A flag equal to the run's own is accepted; --output takes effect.
+    resumed = script.main(resume=ckpt, epochs=2, batch_size=50,
+                          output=str(tmp_path / "b.npz"))
+    assert resumed["history_epoch"].tolist() == [0, 1]
+    assert (tmp_path / "a.npz").read_bytes() == before
+    assert json.loads(str(data.load_npz(str(tmp_path / "b.npz"))["settings"]))[
+        "output"] == str(tmp_path / "b.npz")
+
+
+def test_resume_from_a_copy_elsewhere_leaves_the_original_alone(tmp_path, monkeypatch):
+    # A run started with relative paths, resumed from another directory
+    # through a copy of its checkpoint.
+    monkeypatch.chdir(tmp_path)
+    make_sequences(tmp_path, 1, 48, train_size=100)
+    script.main(data="seq1.npz", output="run.npz", epochs=1, batch_size=50)
+    original = {name: (tmp_path / name).read_bytes() for name in ("run.npz", "run.ckpt.npz")}
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "copy.ckpt.npz").write_bytes(original["run.ckpt.npz"])
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    resumed = script.main(resume="copy.ckpt.npz", epochs=2)
+    assert resumed["history_epoch"].tolist() == [0, 1]
+    assert (tmp_path / "elsewhere" / "copy.npz").exists()
+    assert {name: (tmp_path / name).read_bytes() for name in original} == original
+    # Without its dataset, the hint rewrites that very file.
+    (tmp_path / "seq1.npz").rename(tmp_path / "gone.npz")
+    with pytest.raises(UserError, match="create it with: python create_mnist_sequence.py "
+                       "--nb_digits 1 --output_dim 48 .*--train_size 100 .*--output "
+                       + str(tmp_path / "seq1.npz")):
+        script.main(resume="copy.ckpt.npz", epochs=3)
+
+
 def test_a_checkpoint_older_than_the_sampling_flags_resumes_as_the_chapter(
         tmp_path, sequences1):
     # A run of the chapter's network, its checkpoint stripped of what this
