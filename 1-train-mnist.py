@@ -31,7 +31,7 @@ def build_parser():
                         % EPOCHS)
     parser.add_argument("--batch-size", type=cli.positive_int, default=500,
                         help="minibatch size (default: %(default)s)")
-    parser.add_argument("--lr", "--learning-rate", dest="learning_rate",
+    parser.add_argument("-lr", "--lr", "--learning-rate", dest="learning_rate",
                         type=cli.positive_float, default=0.01,
                         help="nesterov momentum learning rate (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=1234,
@@ -98,29 +98,40 @@ def build_functions(learning_rate):
     return network, train_fn, val_fn
 
 
-def main(epochs=None, batch_size=500, learning_rate=0.01, seed=1234, mnist=None,
-         crops=None, train_size=None, output="model.npz", checkpoint=None, resume=None):
-    """Train, print the chapter's per-epoch block, save ``output``; return test accuracy.
+DEFAULTS = dict(epochs=None, batch_size=500, learning_rate=0.01, seed=1234, mnist=None,
+                crops=None, train_size=None, output="model.npz", checkpoint=None)
 
-    A checkpoint is written after every epoch; ``resume`` continues from one,
-    with the settings it was started with, except ``epochs`` if given.
+
+def main(**settings):
+    """Train, print the chapter's per-epoch block, save the weights; return test accuracy.
+
+    ``settings`` are the flags by name (epochs=..., batch_size=..., output=...;
+    see ``--help``); those left out take DEFAULTS.  A checkpoint is written
+    after every epoch; ``resume`` continues from one, as
+    ``training.resumed_settings`` says (a changed flag other than epochs,
+    output or checkpoint is refused).
     """
     # Settings first: check the output before an hour of training.
+    import os
     import numpy as np
     from stn import data, training
-    if resume:
-        stored = training.checkpoint_settings(resume)
-        (batch_size, learning_rate, seed, mnist, train_size, output,
-         checkpoint) = (stored[k] for k in ("batch_size", "learning_rate", "seed",
-                                            "mnist", "train_size", "output",
-                                            "checkpoint"))
-        crops = stored.get("crops")
-        epochs = epochs or stored["epochs"]
-    epochs = epochs or EPOCHS
-    checkpoint = checkpoint or output.replace(".npz", "") + ".ckpt.npz"
-    settings = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                    seed=seed, mnist=mnist, crops=crops, train_size=train_size,
-                    output=output, checkpoint=checkpoint)
+    unknown = set(settings) - set(DEFAULTS) - {"resume"}
+    if unknown:
+        raise TypeError("unknown settings: %s" % ", ".join(sorted(unknown)))
+    if settings.get("resume"):
+        settings = training.resumed_settings(settings, DEFAULTS)
+    else:
+        settings = dict(DEFAULTS, **settings)
+        settings["checkpoint"] = (settings["checkpoint"]
+                                  or settings["output"].replace(".npz", "") + ".ckpt.npz")
+        # Absolute, so that --resume works from any directory.
+        for name in ("output", "checkpoint", "mnist", "crops"):
+            if settings[name]:
+                settings[name] = os.path.abspath(settings[name])
+    resume = settings.pop("resume", None)
+    settings["epochs"] = settings["epochs"] or EPOCHS
+    (epochs, batch_size, learning_rate, seed, mnist, crops, train_size, output,
+     checkpoint) = (settings[name] for name in DEFAULTS)
     data.check_writable(output)
     data.check_writable(checkpoint, "--checkpoint")
 
@@ -207,4 +218,4 @@ def main(epochs=None, batch_size=500, learning_rate=0.01, seed=1234, mnist=None,
 
 
 if __name__ == "__main__":
-    cli.run(main, build_parser().parse_args())
+    cli.run(main, cli.given(build_parser()))

@@ -338,6 +338,14 @@ def load_checkpoint(path, train_fn):
             np.shape(v.get_value()) != np.shape(value) for v, value in zip(shared, values)):
         raise UserError("%s: the checkpoint does not fit this network; was it "
                         "written by the same script and data?" % path)
+    import theano
+    floatx = theano.config.floatX
+    others = {str(value.dtype) for value in values if value.dtype.kind == "f"} - {floatx}
+    if others:
+        kind = sorted(others)[0]
+        raise UserError("%s: the checkpoint holds %s weights and this run computes in "
+                        "%s; resume it with THEANO_FLAGS=floatX=%s"
+                        % (path, kind, floatx, kind))
     for v, value in zip(shared, values):
         v.set_value(value)
     rng_state = ("MT19937", ckpt.pop("rng_keys"), int(ckpt.pop("rng_pos")),

@@ -54,6 +54,18 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     script.main(epochs=1, train_size=1000, batch_size=100, output=str(first))
     # The finished 1-epoch run goes on to 2 when asked.
     assert script.main(resume=str(tmp_path / "b.ckpt.npz"), epochs=2) == expected
+    with pytest.raises(UserError, match="--learning-rate 0.1: a resumed run keeps the "
+                       "settings it started with"):
+        script.main(resume=str(tmp_path / "b.ckpt.npz"), epochs=3, learning_rate=0.1)
+    # A checkpoint of a float64 run: refused in one line under float32.
+    ckpt = data.load_npz(str(tmp_path / "b.ckpt.npz"))
+    data.save_npz(str(tmp_path / "c.ckpt.npz"), **{
+        key: value.astype(np.float64) if key.startswith("shared_") else value
+        for key, value in ckpt.items()})
+    with pytest.raises(UserError, match="c.ckpt.npz: the checkpoint holds float64 weights "
+                       "and this run computes in float32; resume it with "
+                       "THEANO_FLAGS=floatX=float64"):
+        script.main(resume=str(tmp_path / "c.ckpt.npz"), epochs=3)
     a, b = data.load_npz(str(straight)), data.load_npz(str(first))
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7)
@@ -76,7 +88,7 @@ def test_help_is_instant_and_bad_flags_are_one_line():
     out = subprocess.run([sys.executable, "1-train-mnist.py", "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=20)
     assert out.returncode == 0 and "(default: 500)" in out.stdout
-    for flag in (["--epochs", "0"], ["--batch-size", "-5"], ["--lr", "0"]):
+    for flag in (["--epochs", "0"], ["--batch-size", "-5"], ["-lr", "0"]):
         out = subprocess.run([sys.executable, "1-train-mnist.py"] + flag, cwd=ROOT,
                              capture_output=True, text=True, timeout=20)
         assert out.returncode == 2
