@@ -25,6 +25,7 @@ import importlib.util
 import logging
 import os
 import sys
+import tempfile
 import time
 import types
 import warnings
@@ -63,20 +64,22 @@ NOISE = (
 
 
 def user_theano_settings():
-    """Return the Theano option names (lower case, as Theano's .theanorc reader
-    compares them) that the user set by flags or a .theanorc."""
-    names = set()
-    for item in os.environ.get("THEANO_FLAGS", "").split(","):
-        if "=" in item:
-            names.add(item.split("=", 1)[0].strip().lower())
+    """Return the Theano options that the user set by flags or a .theanorc:
+    their names (lower case, as Theano's .theanorc reader compares them) and
+    values, the flags' over the files'."""
+    names = {}
     default_rc = os.pathsep.join(["~/.theanorc", "~/.theanorc.txt"])
     rc_files = [os.path.expanduser(p)
                 for p in os.environ.get("THEANORC", default_rc).split(os.pathsep)]
     parser = configparser.ConfigParser()
     parser.read([p for p in rc_files if os.path.isfile(p)])
     for section in parser.sections():
-        for key in parser[section]:
-            names.add((key if section == "global" else section + "." + key).lower())
+        for key, value in parser[section].items():
+            names[(key if section == "global" else section + "." + key).lower()] = value
+    for item in os.environ.get("THEANO_FLAGS", "").split(","):
+        if "=" in item:
+            key, value = item.split("=", 1)
+            names[key.strip().lower()] = value.strip()
     return names
 
 
@@ -117,11 +120,50 @@ def find_blas():
     return "-L%s -l:%s" % (libs_dir, os.path.basename(found[0]))
 
 
+def refuse(message):
+    """A set-up the project cannot run: one line on stderr, exit code 2."""
+    sys.stderr.write("stn: error: %s\n" % message)
+    raise SystemExit(2)
+
+
+def compile_cache(project_dir):
+    """Theano's base_compiledir: ``project_dir``/.theano, or, where that cannot
+    be written (a read-only checkout), a per-user cache directory, said in one
+    line on stderr."""
+    project = os.path.join(project_dir, ".theano")
+    user = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                        "stn-theano")
+    problem = unwritable(project)
+    if not problem:
+        return project
+    if unwritable(user):
+        refuse("%s: %s, and so is %s; give Theano a writable compile cache with "
+               "THEANO_FLAGS=base_compiledir=DIR" % (project, problem, user))
+    sys.stderr.write("stn: %s: %s; Theano compiles into %s instead\n"
+                     % (project, problem, user))
+    return user
+
+
+def unwritable(path):
+    """Why files cannot be created in directory ``path`` (made if missing), or None."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            return None
+    except OSError as e:
+        return (e.strerror or str(e)).lower()
+
+
 def theano_flags():
     """Return the THEANO_FLAGS string: the user's flags plus our defaults."""
     user = user_theano_settings()
-    defaults = {"floatX": "float32",
-                "base_compiledir": os.path.join(PROJECT_DIR, ".theano")}
+    if user.get("optimizer", "").lower() == "none":
+        refuse("optimizer=None (THEANO_FLAGS or .theanorc): Theano 1.0.5 runs the "
+               "convolutions unoptimised only through SciPy modules that the pinned "
+               "SciPy lacks; to debug, use optimizer=fast_compile")
+    defaults = {"floatX": "float32"}
+    if "compiledir" not in user and "base_compiledir" not in user:
+        defaults["base_compiledir"] = compile_cache(PROJECT_DIR)
     if "blas.ldflags" not in user:
         ldflags = find_blas()
         defaults["blas.ldflags"] = ldflags
@@ -133,8 +175,6 @@ def theano_flags():
         if ldflags:
             os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
             os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    if "compiledir" in user:
-        defaults.pop("base_compiledir")
     flags = [os.environ.get("THEANO_FLAGS", "")]
     flags += ["%s=%s" % kv for kv in defaults.items() if kv[0].lower() not in user]
     return ",".join(f for f in flags if f)
@@ -281,9 +321,9 @@ def configure():
     """Apply everything above; must run before Theano is imported."""
     global malloc_tuned
     if sys.version_info >= (3, 12):
-        raise SystemExit("Theano 1.0.5 does not run on Python %d.%d: use Python 3.11 "
-                         "(`make demo` and `make test` create a Python 3.11 venv)."
-                         % sys.version_info[:2])
+        refuse("Theano 1.0.5 does not run on Python %d.%d: use Python 3.11 "
+               "(`make demo` and `make test` create a Python 3.11 venv)"
+               % sys.version_info[:2])
     malloc_tuned = tune_malloc()
     filter_noise()
     if "theano" not in sys.modules:

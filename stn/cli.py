@@ -3,6 +3,7 @@
 Nothing here imports Theano, so ``--help`` answers at once.
 """
 import argparse
+import os
 import sys
 import time
 
@@ -74,16 +75,46 @@ def given(parser, argv=None):
                                  if value is not unset})
 
 
+# Set to show the traceback of an error that ``run`` would put in one line.
+TRACEBACK_VARIABLE = "STN_TRACEBACK"
+LIBRARIES = ("theano", "lasagne", "numpy", "scipy", "matplotlib", "PIL")
+
+
 def run(main, args):
     """Call ``main(**vars(args))``; a UserError becomes one line on stderr,
     "prog: error: message", and exit code 2 (a subclass may set ``label`` and
-    ``exit_code``)."""
+    ``exit_code``).  So does an unforeseen error of the environment, the file
+    system or a library (OSError, MemoryError, or one raised inside Theano,
+    Lasagne, NumPy, SciPy or Matplotlib), with a hint to rerun with
+    STN_TRACEBACK=1 for its traceback; errors in the project's own code keep
+    theirs."""
+    prog = sys.argv[0].rsplit("/", 1)[-1]
     try:
         return main(**vars(args))
     except UserError as e:
-        sys.stderr.write("%s: %s: %s\n" % (sys.argv[0].rsplit("/", 1)[-1],
-                                             getattr(e, "label", "error"), e))
+        sys.stderr.write("%s: %s: %s\n" % (prog, getattr(e, "label", "error"), e))
         raise SystemExit(getattr(e, "exit_code", 2))
+    except Exception as e:
+        where = library_of(e)
+        if os.environ.get(TRACEBACK_VARIABLE) or not (
+                where or isinstance(e, (OSError, MemoryError))):
+            raise
+        text = (str(e).strip().splitlines() or [""])[0][:300]
+        sys.stderr.write("%s: error: %s%s: %s (for the traceback, e.g. in a bug report, "
+                         "run again with %s=1)\n"
+                         % (prog, "in %s, " % where if where else "", type(e).__name__,
+                            text, TRACEBACK_VARIABLE))
+        raise SystemExit(2)
+
+
+def library_of(error):
+    """The library (one of LIBRARIES) in whose code ``error`` was raised, or None."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    top = module.split(".")[0]
+    return top if top in LIBRARIES else None
 
 
 class Progress:

@@ -265,12 +265,14 @@ def test_a_checkpoint_older_than_the_sampling_flags_resumes_as_the_chapter(
     assert np.isfinite(resumed["history_zoom_x"][1]).all()
 
 
-def test_nan_loss_stops_and_keeps_the_previous_results(tmp_path, sequences1):
+@pytest.mark.parametrize("lr", [1e30, 1e38])   # 1e38: NaN transforms reach the sampler
+def test_nan_loss_stops_and_keeps_the_previous_results(tmp_path, sequences1, lr):
     output = tmp_path / "res.npz"
     data.save_npz(str(output), previous=np.arange(3))
     before = output.read_bytes()
     with pytest.raises(UserError, match="the loss became nan .*try a lower learning rate"):
-        run(tmp_path, sequences1, lr=1e30)
+        run(tmp_path, sequences1, lr=lr, optimizer="adam", downsample=2, batch_size=100,
+            epochs=3)
     assert output.read_bytes() == before
 
 

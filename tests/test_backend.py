@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import ROOT
 
@@ -66,12 +67,39 @@ def test_malloc_tuning_applied_and_can_be_turned_off():
     assert run_python(code, STN_MALLOC_TUNING="0").strip() == "False"
 
 
-def test_python_312_is_refused_clearly(monkeypatch):
-    import pytest
+def test_python_312_is_refused_clearly(monkeypatch, capsys):
     from stn import backend
     monkeypatch.setattr(sys, "version_info", (3, 12, 0))
-    with pytest.raises(SystemExit, match="Python 3.11"):
+    with pytest.raises(SystemExit) as stop:
         backend.configure()
+    assert stop.value.code == 2
+    assert "does not run on Python 3.12: use Python 3.11" in capsys.readouterr().err
+
+
+def test_optimizer_none_is_refused_in_one_line():
+    out = subprocess.run([sys.executable, "-c", "import stn"], capture_output=True,
+                         text=True, env=dict(os.environ, PYTHONPATH=ROOT,
+                                             THEANO_FLAGS="optimizer=None"))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "optimizer=None" in out.stderr and "use optimizer=fast_compile" in out.stderr
+
+
+def test_an_unwritable_project_compiles_into_a_user_cache(tmp_path, monkeypatch, capsys):
+    from stn import backend
+    # A project directory that is a file: nothing can be created inside it,
+    # as on a read-only mount (where even root cannot write).
+    project = tmp_path / "checkout"
+    project.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert backend.compile_cache(str(project)) == str(tmp_path / "cache" / "stn-theano")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Theano compiles into %s" % (tmp_path / "cache") in err
+    assert backend.compile_cache(str(tmp_path)) == str(tmp_path / ".theano")
+    (tmp_path / "nowhere").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "nowhere"))
+    with pytest.raises(SystemExit):
+        backend.compile_cache(str(project))
+    assert "THEANO_FLAGS=base_compiledir=DIR" in capsys.readouterr().err
 
 
 def test_c_code_versions_are_the_same_in_every_process():
