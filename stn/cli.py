@@ -118,31 +118,41 @@ def library_of(error):
 
 
 class Progress:
-    """A one-line progress bar with ETA on a terminal; silent elsewhere."""
+    """Progress with an ETA: a bar redrawn in place on a terminal; elsewhere (a
+    log under nohup, a pipe, a notebook) a line every ``LOG_SECONDS``."""
+
+    LOG_SECONDS = 60
 
     def __init__(self, total, desc="", stream=None):
         self.total, self.desc = total, desc
         self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty()
+        self.terminal = self.stream.isatty()
         self.start = self.last = time.time()
         self.done = 0
 
     def update(self, n=1):
         self.done += n
         now = time.time()
-        if not self.enabled or (now - self.last < 0.2 and self.done < self.total):
+        if self.terminal:
+            if now - self.last < 0.2 and self.done < self.total:
+                return
+        elif now - self.last < self.LOG_SECONDS or self.done >= self.total:
             return
         self.last = now
         elapsed = now - self.start
         eta = elapsed / self.done * (self.total - self.done) if self.done else 0
-        width = 30
-        filled = int(width * self.done / max(self.total, 1))
-        self.stream.write("\r%s [%s%s] %d/%d  %.0fs elapsed, ETA %.0fs " % (
-            self.desc, "#" * filled, "." * (width - filled), self.done, self.total,
-            elapsed, eta))
+        if self.terminal:
+            width = 30
+            filled = int(width * self.done / max(self.total, 1))
+            self.stream.write("\r%s [%s%s] %d/%d  %.0fs elapsed, ETA %.0fs " % (
+                self.desc, "#" * filled, "." * (width - filled), self.done,
+                self.total, elapsed, eta))
+        else:
+            self.stream.write("%s: %d/%d, %.0f s elapsed, ETA %.0f s\n" % (
+                self.desc, self.done, self.total, elapsed, eta))
         self.stream.flush()
 
     def close(self):
-        if self.enabled:
+        if self.terminal:
             self.stream.write("\r" + " " * 79 + "\r")
             self.stream.flush()

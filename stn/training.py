@@ -518,9 +518,11 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
             stats = localization.summary(test_A, dataset.get("boxes_test"),
                                          *dataset["X_test"].shape[1:])
             print(localization.describe(stats))
+            seconds = time.time() - start_time
+            print("Loss %.4f, lr %.3g, %.0f s (training %.0f s)"
+                  % (train_loss, float(sh_lr.get_value()), seconds, train_seconds))
             sys.stdout.flush()
 
-            seconds = time.time() - start_time
             for key, value in [("epoch", epoch), ("train_loss", train_loss),
                                ("train_acc", train_acc), ("valid_acc", valid_acc),
                                ("test_acc", test_acc), ("test_seq_acc", test_seq_acc),

@@ -122,6 +122,10 @@ def test_epoch_summary_matches_the_saved_transforms_and_boxes(tmp_path, sequence
     out = capsys.readouterr().out
     assert ("Transform: zoom %.2f across, %.2f down, shift %.2f, centred %.0f%%"
             % (zoom_x, zoom_y, shift, 100 * centred)) in out
+    for epoch in (0, 1):
+        assert "Loss %.4f, lr 0.0003, %.0f s (training %.0f s)" % tuple(
+            res["history_" + key][epoch] for key in ("train_loss", "seconds",
+                                                    "train_seconds")) in out
 
 
 def test_a_fading_blur_reaches_the_layer_as_a_shared_sigma(tmp_path, sequences1,

@@ -1,5 +1,6 @@
 """stn.cli: one-line errors from ``run``, the flags ``given`` on a command line."""
 import argparse
+import io
 
 import numpy as np
 import pytest
@@ -54,3 +55,19 @@ def test_given_holds_only_the_flags_on_the_command_line():
     parser.add_argument("--output", default="res.npz")
     assert vars(cli.given(parser, [])) == {}
     assert vars(cli.given(parser, ["--lr", "0.1"])) == {"lr": 0.1}
+
+
+def test_progress_logs_a_line_a_minute_when_not_on_a_terminal(monkeypatch):
+    stream = io.StringIO()
+    clock = iter(range(0, 1000, 25))     # 25 s between calls
+    monkeypatch.setattr(cli.time, "time", lambda: next(clock))
+    progress = cli.Progress(10, "epoch 3", stream)
+    for _ in range(10):
+        progress.update()
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    # Updates at 25, 50, ... 250 s: a line at 75 s (3 done), 150 s and 225 s;
+    # none at the end, where the epoch's own line follows.
+    assert lines == ["epoch 3: 3/10, 75 s elapsed, ETA 175 s",
+                     "epoch 3: 6/10, 150 s elapsed, ETA 100 s",
+                     "epoch 3: 9/10, 225 s elapsed, ETA 25 s"]
