@@ -44,7 +44,24 @@ def factor_pair(text):
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line, pointing to --help."""
+    """An ArgumentParser whose errors are one line, pointing to --help, and
+    that takes a long flag spelt with - or _ between its words (--train-size,
+    --train_size) as whichever of the two it defines."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([self.spelling(arg) for arg in args], namespace)
+
+    def spelling(self, arg):
+        """``arg`` with its flag name respelt as this parser defines it."""
+        name, equals, value = arg.partition("=")
+        known = self._option_string_actions
+        if not name.startswith("--") or name in known:
+            return arg
+        for other in ("--" + name[2:].replace("_", "-"), "--" + name[2:].replace("-", "_")):
+            if other in known:
+                return other + equals + value
+        return arg
 
     def error(self, message):
         self.exit(2, "%s: error: %s (see --help)\n" % (self.prog, message))

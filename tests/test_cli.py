@@ -49,6 +49,15 @@ def test_a_bug_in_the_project_and_the_opt_in_keep_the_traceback(monkeypatch):
         cli.run(lambda: np.load("/no/such/file.npz"), argparse.Namespace())
 
 
+def test_long_flags_take_either_word_separator():
+    parser = cli.parser(None)
+    parser.add_argument("--train-size", type=int)
+    parser.add_argument("--output_dim", type=int)
+    args = parser.parse_args(["--train_size", "5", "--output-dim=60"])
+    assert (args.train_size, args.output_dim) == (5, 60)
+    assert "--train_size" not in parser.format_help()
+
+
 def test_given_holds_only_the_flags_on_the_command_line():
     parser = cli.parser(None)
     parser.add_argument("--lr", type=float, default=0.1)
