@@ -33,3 +33,87 @@ def save_mosaic(images, columns, path):
         grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = image
     with atomic_path(path) as tmp:
         matplotlib.image.imsave(tmp, grid, cmap="gray", vmin=0, vmax=1, format="png")
+
+
+def curves_path(results):
+    """Where the learning curves of the results file ``results`` go."""
+    return results[:-4] + "_curves.png" if results.endswith(".npz") else results + "_curves.png"
+
+
+def curves_title(settings):
+    """The learning curves' title, from a run's settings."""
+    return "Learning curves of %s (seed %s, %s at lr %g, minibatches of %s)" % (
+        settings.get("script", "a run"), settings.get("seed"), settings.get("optimizer"),
+        settings.get("lr"), settings.get("batch_size"))
+
+
+def learning_curves(results, path, title, show=False):
+    """Draw the history of a results file (its ``history_*`` arrays) to the PNG
+    ``path``: accuracy (%) of the training batches, the validation and the
+    test set by epoch, with the minutes elapsed on the top axis; the training
+    loss and the learning rate; and, for the STN scripts, the transform's mean
+    zoom (crop span / canvas, across and down, per step) and the share of test
+    crops centred on their digit.  A checkpoint's epochs without a value
+    (NaN) are left out."""
+    plt = pyplot(show)
+    import matplotlib.ticker
+    epochs = np.asarray(results["history_epoch"])
+    has_transform = "history_zoom_x" in results
+    fig, axes = plt.subplots(1, 3 if has_transform else 2, squeeze=False,
+                             figsize=(15 if has_transform else 10, 4),
+                             layout="constrained")
+    axes = axes[0]
+    ax = axes[0]
+    for key, label in (("train_acc", "training batches"), ("valid_acc", "validation"),
+                       ("test_acc", "test")):
+        ax.plot(epochs, 100 * np.asarray(results["history_" + key]), marker=".",
+                label=label)
+    ax.set(xlabel="epoch", ylabel="accuracy (%)")
+    ax.set_title("Accuracy", pad=32 if len(epochs) > 1 else None)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    minutes = np.cumsum(results["history_seconds"]) / 60.0
+    if len(epochs) > 1:
+        top = ax.secondary_xaxis("top", functions=(
+            lambda e: np.interp(e, epochs, minutes),
+            lambda m: np.interp(m, minutes, epochs)))
+        top.set_xlabel("minutes")
+        top.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(6))
+
+    ax = axes[1]
+    ax.plot(epochs, results["history_train_loss"], marker=".", color="C3")
+    ax.set(xlabel="epoch", ylabel="training loss", title="Loss and learning rate")
+    ax.tick_params(axis="y", colors="C3")
+    lr = ax.twinx()
+    lr.plot(epochs, results["history_lr"], color="C7", linestyle="--")
+    lr.set_yscale("log")
+    lr.set_ylabel("learning rate (dashed)")
+    ax.grid(alpha=0.3)
+
+    if has_transform:
+        ax = axes[2]
+        zoom_x = np.asarray(results["history_zoom_x"], dtype=float).reshape(len(epochs), -1)
+        zoom_y = np.asarray(results["history_zoom_y"], dtype=float).reshape(len(epochs), -1)
+        for step in range(zoom_x.shape[1]):
+            name = " step %d" % (step + 1) if zoom_x.shape[1] > 1 else ""
+            ax.plot(epochs, zoom_x[:, step], color="C%d" % step, marker=".",
+                    label="zoom across" + name)
+            ax.plot(epochs, zoom_y[:, step], color="C%d" % step, marker="x",
+                    linestyle=":", label="zoom down" + name)
+        ax.set(xlabel="epoch", ylabel="crop span / canvas (1: whole canvas)",
+               title="Transform (test set)")
+        ax.set_ylim(0, max(1.05, np.nanmax(np.concatenate([zoom_x, zoom_y]),
+                                           initial=0) + 0.05))
+        centred = 100 * np.asarray(results["history_centred"], dtype=float).reshape(
+            len(epochs), -1)
+        if np.isfinite(centred).any():
+            share = ax.twinx()
+            share.plot(epochs, centred.mean(axis=1), color="k", linestyle="--",
+                       label="crops centred on their digit")
+            share.set(ylim=(0, 105), ylabel="centred on their digit (%, dashed)")
+        ax.legend(loc="lower left", fontsize="small")
+        ax.grid(alpha=0.3)
+    for ax in axes:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    fig.suptitle(title)
+    save_figure(fig, path, show)

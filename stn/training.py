@@ -574,4 +574,8 @@ def results_arrays(run):
 
 
 def save_results(path, run):
-    data.save_npz(path, **results_arrays(run))
+    """Write the results file and, beside it, its learning curves."""
+    from . import plots
+    arrays = results_arrays(run)
+    data.save_npz(path, **arrays)
+    plots.learning_curves(arrays, plots.curves_path(path), plots.curves_title(run.settings))
