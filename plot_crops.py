@@ -10,6 +10,10 @@ canvases and transforms, blurred or supersampled as the run's settings say:
 
     python plot_crops.py res_test_2.npz            # writes res_test_2_crops.png
     python plot_crops.py res_test_3.npz --n 8 --output crops3.png
+    python plot_crops.py res_test_2.npz --gif      # also res_test_2_epochs.gif
+
+With --gif it also animates how the transformer learned: one frame an epoch,
+the footprints and crops of the first test canvases, which every run keeps.
 """
 import json
 import os
@@ -33,6 +37,9 @@ def build_parser():
                         help="PNG to write (default: FILE without .npz + _crops.png)")
     parser.add_argument("--show", action="store_true",
                         help="also open a window (default: headless)")
+    parser.add_argument("--gif", action="store_true",
+                        help="also write FILE without .npz + _epochs.gif: the "
+                             "transforms of the first test canvases, epoch by epoch")
     return parser
 
 
@@ -61,6 +68,15 @@ def bilinear(image, x, y):
             + (x - x0) * (y0 + 1 - y) * at(y0, x0 + 1) + (x - x0) * (y - y0) * at(y0 + 1, x0 + 1))
 
 
+def outline(theta, out_height, out_width, height, width):
+    """The outline of the layer's sampling grid on the canvas: (x, y) along
+    its four edges, in order."""
+    import numpy as np
+    x, y = source_points(theta, out_height, out_width, height, width)
+    return (np.concatenate([x[0], x[:, -1], x[-1, ::-1], x[::-1, 0]]),
+            np.concatenate([y[0], y[:, -1], y[-1, ::-1], y[::-1, 0]]))
+
+
 def crop(canvas, theta, out_height, out_width, blur=0.0, blur_radius=0, supersample=1):
     """The TransformerLayer's (out_height, out_width) crop of one (H, W)
     ``canvas`` through the 2x3 ``theta``, with its ``blur`` and ``supersample``
@@ -77,19 +93,25 @@ def crop(canvas, theta, out_height, out_width, blur=0.0, blur_radius=0, supersam
     return bilinear(canvas, x, y).reshape(out_height, k, out_width, k).mean(axis=(1, 3))
 
 
-def main(file, n=5, seed=111, output=None, show=False):
-    """Write the picture; return its path."""
+def main(file, n=5, seed=111, output=None, show=False, gif=False):
+    """Write the picture (and with ``gif`` the animation); return the PNG's path."""
     import numpy as np
     from stn import data, plots
     from stn.errors import UserError
     output = output or "%s_crops.png" % os.path.splitext(file)[0]
     data.check_writable(output)
+    animation = "%s_epochs.gif" % os.path.splitext(file)[0] if gif else None
+    if animation:
+        data.check_writable(animation)
     res = data.load_npz(file, hint="python 2-stn-cnn-mnist.py (or "
                         "3-recurrent-stn-mnist.py) --output %s" % file)
     missing = [key for key in REQUIRED if key not in res]
     if missing:
         raise UserError("%s: lacks %s; give a results file of 2-stn-cnn-mnist.py or "
                         "3-recurrent-stn-mnist.py" % (file, ", ".join(missing)))
+    if animation and "history_watch_A" not in res:
+        raise UserError("%s: keeps no transforms by epoch (runs before --gif existed "
+                        "did not); train again to animate" % file)
     canvases = res["x"]
     if canvases.ndim == 2:  # flattened canvases, as some files store them
         side = int(round(np.sqrt(canvases.shape[1])))
@@ -126,11 +148,8 @@ def main(file, n=5, seed=111, output=None, show=False):
         row[0].imshow(canvases[i], cmap="gray", vmin=0, vmax=1)
         for step in range(steps):
             colour = COLOURS[step % len(COLOURS)]
-            x, y = source_points(A[i, step], out_height, out_width, height, width)
-            # The outline of the sampling grid: its four edges, in order.
-            edge_x = np.concatenate([x[0], x[:, -1], x[-1, ::-1], x[::-1, 0]])
-            edge_y = np.concatenate([y[0], y[:, -1], y[-1, ::-1], y[::-1, 0]])
-            row[0].plot(edge_x, edge_y, color=colour, linewidth=1.5)
+            row[0].plot(*outline(A[i, step], out_height, out_width, height, width),
+                        color=colour, linewidth=1.5)
             row[1 + step].imshow(crop(canvases[i], A[i, step], out_height, out_width,
                                       **sampling), cmap="gray", vmin=0, vmax=1)
             if branches:
@@ -160,7 +179,59 @@ def main(file, n=5, seed=111, output=None, show=False):
                  % (out_height, out_width, factor, extras))
     plots.save_figure(fig, output, show)
     print("Wrote %s" % output)
+    if animation:
+        write_gif(res, (out_height, out_width), sampling, animation)
+        print("Wrote %s" % animation)
     return output
+
+
+def write_gif(res, crop_shape, sampling, path):
+    """Animate ``res``'s watched test canvases (watch_x) through their
+    transforms by epoch (history_watch_A): one frame an epoch, the canvases
+    with the sampling footprints above, the crops below."""
+    import numpy as np
+    from matplotlib.animation import PillowWriter
+    from stn import data, plots
+    canvases, labels = res["watch_x"], res["watch_y"].reshape(len(res["watch_x"]), -1)
+    transforms = res["history_watch_A"]            # (epochs, canvases, steps, 6)
+    epochs = res["history_epoch"]
+    count, steps = transforms.shape[1], transforms.shape[2]
+    height, width = canvases.shape[1:]
+    plt = plots.pyplot()
+    fig, axes = plt.subplots(1 + steps, count, squeeze=False,
+                             figsize=(1.9 * count, 2.0 * (1 + steps) + 0.4))
+    writer = PillowWriter(fps=2)
+    with data.atomic_path(path) as tmp:
+        with writer.saving(fig, tmp, dpi=80):
+            for frame, epoch in enumerate(epochs):
+                if not np.isfinite(transforms[frame]).all():
+                    continue       # an epoch from before the run kept transforms
+                for ax in axes.flat:
+                    ax.clear()
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                for i in range(count):
+                    axes[0, i].imshow(canvases[i], cmap="gray", vmin=0, vmax=1)
+                    axes[0, i].set_title("digit%s %s" % (
+                        "s" if steps > 1 else "", " ".join(map(str, labels[i]))),
+                        fontsize=9)
+                    for step in range(steps):
+                        theta = transforms[frame, i, step]
+                        axes[0, i].plot(*outline(theta, *crop_shape, height, width),
+                                        color=COLOURS[step % len(COLOURS)], linewidth=1.5)
+                        axes[1 + step, i].imshow(crop(canvases[i], theta, *crop_shape,
+                                                      **sampling),
+                                                 cmap="gray", vmin=0, vmax=1)
+                    axes[0, i].set_xlim(-0.5, width - 0.5)
+                    axes[0, i].set_ylim(height - 0.5, -0.5)
+                axes[0, 0].set_ylabel("canvas")
+                for step in range(steps):
+                    axes[1 + step, 0].set_ylabel("crop" + (" %d" % (step + 1)
+                                                           if steps > 1 else ""))
+                fig.suptitle("What the transformer crops after epoch %d: test accuracy "
+                             "%.1f%%" % (epoch, 100 * res["history_test_acc"][frame]))
+                writer.grab_frame()
+    plt.close(fig)
 
 
 def label(prefix, pred, true=None):

@@ -23,6 +23,7 @@ MAX_NORM = 5.0         # ... then all of them rescaled to a total norm of at mos
 DROPOUT_RAMP = 4       # dropout grows linearly to its value over epochs 0-4
 MIN_CROP = 16          # the smallest crop the MNIST CNN (two 5x5 convs and pools) reads
 MIN_CANVAS = 2 * MIN_CROP   # the localization network reads the canvas pooled 2x2
+WATCH = 6              # the first test canvases whose transforms every epoch keeps
 EPOCHS = 300           # the chapter's maximum number of epochs
 # The flags of the transformer that both scripts pass to their build_model.
 TRANSFORM_FLAGS = ("initzoom", "blur", "sharp", "supersample")
@@ -368,8 +369,10 @@ class Run:
         self.best = {}            # the results arrays of the best epoch
         self.history = {k: [] for k in ("epoch", "train_loss", "train_acc",
                                         "valid_acc", "test_acc", "test_seq_acc",
-                                        "lr", "seconds", "train_seconds", "blur")
+                                        "lr", "seconds", "train_seconds", "blur",
+                                        "watch_A")
                         + localization.STATS}
+        self.watch = {}           # the test canvases whose transforms are kept
         # The shuffling generator's state at the start of the current epoch.
         self.epoch_rng_state = np.random.RandomState(settings["seed"]).get_state()
 
@@ -385,7 +388,8 @@ class Run:
 
     def history_arrays(self):
         """The history as ``history_{key}`` arrays: (epochs,), or (epochs, k)
-        for the transform statistics; epochs without a record hold NaN."""
+        for the transform statistics, (epochs, WATCH, k, 6) for the watched
+        transforms; epochs without a record hold NaN."""
         arrays = {}
         for key, values in self.history.items():
             width = np.shape(next((v for v in values if v is not None), np.nan))
@@ -448,6 +452,7 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
         raise UserError("--batch-size %d: larger than the %d training canvases"
                         % (batch_size, len(X_train)))
     run = Run(settings)
+    run.watch = {"watch_x": dataset["X_test"][:WATCH], "watch_y": dataset["y_test"][:WATCH]}
     if resume:
         run.restore(resume, train_fn)
         print("Resumed from %s at epoch %d, batch %d" % (resume, run.epoch, run.batch))
@@ -528,7 +533,8 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
                                ("test_acc", test_acc), ("test_seq_acc", test_seq_acc),
                                ("lr", float(sh_lr.get_value())), ("seconds", seconds),
                                ("train_seconds", train_seconds),
-                               ("blur", values.get("blur", settings["blur"]))] + [
+                               ("blur", values.get("blur", settings["blur"])),
+                               ("watch_A", test_A[:WATCH])] + [
                     (key, stats[key].tolist()) for key in localization.STATS]:
                 run.history[key].append(value)
             if valid_acc > run.best_valid:
@@ -564,8 +570,10 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
 
 
 def results_arrays(run):
-    """The results file's arrays: the chapter's keys, settings and history."""
-    arrays = dict(run.best)
+    """The results file's arrays: the chapter's keys, settings and history,
+    and the first WATCH test canvases and labels (watch_x, watch_y) whose
+    transforms history_watch_A keeps by epoch."""
+    arrays = dict(run.best, **run.watch)
     arrays["settings"] = np.array(json.dumps(run.settings))
     arrays["downsample"] = np.array(run.settings["downsample"], np.float32)
     arrays["best_epoch"] = np.array(run.best_epoch)

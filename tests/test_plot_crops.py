@@ -97,3 +97,26 @@ def test_results_file_without_the_needed_keys(tmp_path):
     data.save_npz(path, x=np.zeros((2, 30, 30), np.float32))
     with pytest.raises(UserError, match="lacks A, preds; give a results file"):
         script.main(path)
+
+
+def test_gif_animates_the_watched_canvases_epoch_by_epoch(tmp_path, sequences1):
+    from PIL import Image
+    output = str(tmp_path / "res.npz")
+    load_script("2-stn-cnn-mnist.py").main(data=sequences1, output=output, epochs=2,
+                                           batch_size=50, initzoom=0.5)
+    res = data.load_npz(output)
+    assert res["watch_x"].shape == (6, 60, 60) and res["history_watch_A"].shape == (2, 6, 1, 6)
+    # The watched transforms are the test set's first six.
+    np.testing.assert_array_equal(res["watch_x"], data.load_sequences(sequences1)["X_test"][:6])
+    script.main(output, gif=True)
+    with Image.open(str(tmp_path / "res_epochs.gif")) as gif:
+        assert gif.n_frames == 2
+
+
+def test_gif_of_a_run_that_kept_no_transforms_is_refused(tmp_path):
+    path = str(tmp_path / "res.npz")
+    data.save_npz(path, x=np.zeros((2, 30, 30), np.float32), A=np.zeros((2, 6), np.float32),
+                  preds=np.zeros(2, np.int32))
+    with pytest.raises(UserError, match="keeps no transforms by epoch"):
+        script.main(path, gif=True)
+    assert not (tmp_path / "res_crops.png").exists()
