@@ -185,7 +185,7 @@ def main(**settings):
                     raise cli.UserError(
                         "the loss became %s at epoch %d; %s was not written: try a "
                         "lower learning rate, e.g. --lr %g"
-                        % (err, epoch + 1, output, learning_rate / 10))
+                        % (err, epoch + 1, output, min(learning_rate / 10, 0.001)))
                 train_err += err
                 train_batches += 1
                 progress.update()

@@ -26,10 +26,10 @@ demo: $(STAMP)
 	$(PY) plot_data.py $(DEMO)/mnist_sequence1.npz --output $(DEMO)/data.png
 	$(PY) 2-stn-cnn-mnist.py --data $(DEMO)/mnist_sequence1.npz --epochs 6 \
 	  --output $(DEMO)/res_test_2.npz
-	$(PY) plot_crops.py $(DEMO)/res_test_2.npz --output $(DEMO)/crops.png
-	@echo "Demo done. Pictures: $(CURDIR)/$(DEMO)/data.png (the data) and" \
-	  "$(CURDIR)/$(DEMO)/crops.png (what the transformer crops); results:" \
-	  "$(CURDIR)/$(DEMO)/res_test_2.npz"
+	$(PY) plot_crops.py $(DEMO)/res_test_2.npz --output $(DEMO)/crops.png --gif
+	@echo "Demo done. Pictures in $(CURDIR)/$(DEMO)/: data.png (the data)," \
+	  "crops.png (what the transformer crops), res_test_2_epochs.gif (how its" \
+	  "crops moved, epoch by epoch), res_test_2_curves.png (learning curves)"
 
 # pytest exits 5 when it collected no test: that is a failure too.
 test: $(STAMP)

@@ -484,7 +484,8 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
                         "the loss became %s at epoch %d; the last good results and "
                         "checkpoint are kept (%s, %s): try a lower learning rate, "
                         "e.g. -lr %g" % (float(loss), epoch, settings["output"],
-                                         settings["checkpoint"], settings["lr"] / 10))
+                                         settings["checkpoint"],
+                                         min(settings["lr"] / 10, 0.001)))
                 run.batch += 1
                 run.batch_loss += float(loss)
                 run.batch_correct += int((probs.argmax(-1) == y_train[idx].ravel()).sum())

@@ -73,7 +73,8 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
 
 def test_nan_loss_is_a_clear_error_and_writes_nothing(tmp_path):
     output = tmp_path / "model.npz"
-    with pytest.raises(UserError, match="the loss became nan .*try a lower learning rate"):
+    with pytest.raises(UserError, match="the loss became nan .*try a lower learning rate, "
+                       "e.g. --lr 0.001$"):
         script.main(epochs=1, train_size=1000, batch_size=100, learning_rate=1e30,
                     output=str(output))
     assert not output.exists()
