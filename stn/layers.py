@@ -186,14 +186,30 @@ def affine_transform(theta, images, downsample_factor, border_mode, supersample=
     out_width = T.cast(output_size(width, downsample_factor[1]), "int64")
     x_s, y_s = affine_grid(theta, out_height * supersample, out_width * supersample)
     # From [-1, 1] to pixel coordinates [0, size - 1].
-    x = (x_s + 1) / 2 * T.cast(width - 1, theano.config.floatX)
-    y = (y_s + 1) / 2 * T.cast(height - 1, theano.config.floatX)
+    width_f = T.cast(width, theano.config.floatX)
+    height_f = T.cast(height, theano.config.floatX)
+    x = snap((x_s + 1) / 2 * (width_f - 1), width_f)
+    y = snap((y_s + 1) / 2 * (height_f - 1), height_f)
     sampled = bilinear_sample(images, x, y, border_mode)
     if supersample == 1:
         return sampled.reshape((images.shape[0], images.shape[1], out_height, out_width))
     blocks = sampled.reshape((images.shape[0], images.shape[1], out_height, supersample,
                               out_width, supersample))
     return blocks.mean(axis=(3, 5))
+
+
+def snap(coordinates, size):
+    """Pixel ``coordinates`` on a side of ``size`` pixels that lie within
+    4 * size float roundings of a whole pixel (the error of mapping [-1, 1]
+    onto [0, size - 1]), moved onto it, with the gradient of the unmoved ones.
+    The identity's grid then lands on every pixel exactly (in float32 it falls
+    just short of most), so that the identity reproduces its input bit for bit,
+    as Lasagne's test of the layer asks; elsewhere the samples move by that
+    rounding at most."""
+    nearest = T.round(coordinates)
+    tolerance = 4 * np.finfo(theano.config.floatX).eps * size
+    offset = T.switch(abs(nearest - coordinates) <= tolerance, nearest - coordinates, 0)
+    return coordinates + theano.gradient.disconnected_grad(offset)
 
 
 def gaussian_blur(images, sigma, radius):
