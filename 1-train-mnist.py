@@ -98,16 +98,12 @@ def build_functions(learning_rate):
     return network, train_fn, val_fn
 
 
-DEFAULTS = dict(epochs=None, batch_size=500, learning_rate=0.01, seed=1234, mnist=None,
-                crops=None, train_size=None, output="model.npz", checkpoint=None)
-
-
 def main(**settings):
     """Train, print the chapter's per-epoch block, save the weights; return test accuracy.
 
     ``settings`` are the flags by name (epochs=..., batch_size=..., output=...;
-    see ``--help``); those left out take DEFAULTS.  A checkpoint is written
-    after every epoch; ``resume`` continues from one, as
+    see ``--help``); those left out take their defaults.  A checkpoint is
+    written after every epoch; ``resume`` continues from one, as
     ``training.resumed_settings`` says (a changed flag other than epochs,
     output or checkpoint is refused).
     """
@@ -115,23 +111,26 @@ def main(**settings):
     import os
     import numpy as np
     from stn import data, training
-    unknown = set(settings) - set(DEFAULTS) - {"resume"}
+    defaults = vars(build_parser().parse_args([]))
+    unknown = set(settings) - set(defaults)
     if unknown:
         raise TypeError("unknown settings: %s" % ", ".join(sorted(unknown)))
     if settings.get("resume"):
-        settings = training.resumed_settings(settings, DEFAULTS)
+        settings = training.resumed_settings(settings, defaults)
     else:
-        settings = dict(DEFAULTS, **settings)
+        settings = dict(defaults, **settings)
         settings["checkpoint"] = (settings["checkpoint"]
                                   or settings["output"].replace(".npz", "") + ".ckpt.npz")
         # Absolute, so that --resume works from any directory.
         for name in ("output", "checkpoint", "mnist", "crops"):
             if settings[name]:
                 settings[name] = os.path.abspath(settings[name])
-    resume = settings.pop("resume", None)
-    settings["epochs"] = settings["epochs"] or EPOCHS
-    (epochs, batch_size, learning_rate, seed, mnist, crops, train_size, output,
-     checkpoint) = (settings[name] for name in DEFAULTS)
+    resume = settings.pop("resume")
+    settings["epochs"] = epochs = settings["epochs"] or EPOCHS
+    batch_size, learning_rate, seed = (settings[name] for name in (
+        "batch_size", "learning_rate", "seed"))
+    mnist, crops, train_size = settings["mnist"], settings["crops"], settings["train_size"]
+    output, checkpoint = settings["output"], settings["checkpoint"]
     data.check_writable(output)
     data.check_writable(checkpoint, "--checkpoint")
 

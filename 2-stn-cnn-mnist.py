@@ -102,9 +102,8 @@ def main(**settings):
     ``settings`` are the flags by name (data=..., output=..., lr=0.0003,
     branches=1, ...; see ``--help``); those left out take their defaults.
     """
-    return training.run_script(
-        "2-stn-cnn-mnist.py", settings, CREATE_DATA, 1, build_model,
-        dict(data=DEFAULT_DATA, output="res_test_2.npz", branches=1), RECIPE)
+    return training.run_script("2-stn-cnn-mnist.py", settings, build_parser(),
+                               CREATE_DATA, 1, build_model, ("branches",), RECIPE)
 
 
 if __name__ == "__main__":

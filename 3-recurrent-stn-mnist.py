@@ -78,9 +78,8 @@ def main(**settings):
     ``settings`` are the flags by name (data=..., output=..., lr=0.0005, ...;
     see ``--help``); those left out take their defaults.
     """
-    return training.run_script(
-        "3-recurrent-stn-mnist.py", settings, CREATE_DATA, None, build_model,
-        dict(data=DEFAULT_DATA, output="res_test_3.npz"))
+    return training.run_script("3-recurrent-stn-mnist.py", settings, build_parser(),
+                               CREATE_DATA, None, build_model)
 
 
 if __name__ == "__main__":

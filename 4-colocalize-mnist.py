@@ -172,9 +172,8 @@ def build_model(dim, weights):
                          nonlinearity=lasagne.nonlinearities.identity)
     layers["A_net"] = PlaceLayer(l_where, attention_scale(dim), name="A_net")
 
-    # Both crops sample the canvas the same way: 28x28 (int(dim // factor) is
-    # 28; the extra half keeps it so whatever the rounding).
-    downsample = dim / (CROP + 0.5)
+    # Both crops sample the canvas the same way: 28x28.
+    downsample = dim / float(CROP)
     layers["crop"] = TransformerLayer(l_dim, layers["A_net"], downsample_factor=downsample)
     layers["random_theta"] = InputLayer((None, 6))
     layers["random_crop"] = TransformerLayer(l_dim, layers["random_theta"],

@@ -39,7 +39,8 @@ def build_parser():
                         help="also open a window (default: headless)")
     parser.add_argument("--gif", action="store_true",
                         help="also write FILE without .npz + _epochs.gif: the "
-                             "transforms of the first test canvases, epoch by epoch")
+                             "transforms of the first test canvases, epoch by epoch "
+                             "(default: off)")
     return parser
 
 
@@ -98,6 +99,7 @@ def main(file, n=5, seed=111, output=None, show=False, gif=False):
     import numpy as np
     from stn import data, plots
     from stn.errors import UserError
+    from stn.layers import output_size
     output = output or "%s_crops.png" % os.path.splitext(file)[0]
     data.check_writable(output)
     animation = "%s_epochs.gif" % os.path.splitext(file)[0] if gif else None
@@ -125,7 +127,8 @@ def main(file, n=5, seed=111, output=None, show=False, gif=False):
     branches = preds.shape[1] != steps
     # The chapter's files lack the factor: theirs was 3.  A pair is (rows, cols).
     factors = np.broadcast_to(res["downsample"] if "downsample" in res else 3.0, 2)
-    out_height, out_width = int(height // factors[0]), int(width // factors[1])
+    out_height, out_width = (int(output_size(side, factor))
+                             for side, factor in zip((height, width), factors))
     settings = json.loads(str(res["settings"])) if "settings" in res else {}
     sampling = {key: settings.get(key, PLAIN[key]) for key in ("blur", "supersample")}
     sampling["blur_radius"] = int(2 * sampling["blur"] + 0.5)   # the layer's
@@ -180,15 +183,18 @@ def main(file, n=5, seed=111, output=None, show=False, gif=False):
     plots.save_figure(fig, output, show)
     print("Wrote %s" % output)
     if animation:
-        write_gif(res, (out_height, out_width), sampling, animation)
+        write_gif(res, (out_height, out_width), sampling, settings.get("sharp"),
+                  animation)
         print("Wrote %s" % animation)
     return output
 
 
-def write_gif(res, crop_shape, sampling, path):
+def write_gif(res, crop_shape, sampling, sharp, path):
     """Animate ``res``'s watched test canvases (watch_x) through their
     transforms by epoch (history_watch_A): one frame an epoch, the canvases
-    with the sampling footprints above, the crops below."""
+    with the sampling footprints above, the crops below, drawn with the
+    ``sampling`` keywords of ``crop`` and each epoch's blur (history_blur; none
+    with ``sharp``)."""
     import numpy as np
     from matplotlib.animation import PillowWriter
     from stn import data, plots
@@ -206,6 +212,9 @@ def write_gif(res, crop_shape, sampling, path):
             for frame, epoch in enumerate(epochs):
                 if not np.isfinite(transforms[frame]).all():
                     continue       # an epoch from before the run kept transforms
+                blur = res["history_blur"][frame] if "history_blur" in res else np.nan
+                if np.isfinite(blur):
+                    sampling = dict(sampling, blur=0.0 if sharp else float(blur))
                 for ax in axes.flat:
                     ax.clear()
                     ax.set_xticks([])

@@ -32,7 +32,8 @@ def main(results, output=None, show=False):
     from stn import data, plots
     output = output or plots.curves_path(results)
     data.check_writable(output)
-    res = data.load_npz(results)
+    res = data.load_npz(results, hint="python 2-stn-cnn-mnist.py (or "
+                        "3-recurrent-stn-mnist.py) --output %s" % results)
     if "history_epoch" not in res:
         raise cli.UserError("%s: holds no training history; is it a results file of "
                             "2-stn-cnn-mnist.py or 3-recurrent-stn-mnist.py?" % results)

@@ -71,7 +71,7 @@ def user_theano_settings():
     default_rc = os.pathsep.join(["~/.theanorc", "~/.theanorc.txt"])
     rc_files = [os.path.expanduser(p)
                 for p in os.environ.get("THEANORC", default_rc).split(os.pathsep)]
-    parser = configparser.ConfigParser()
+    parser = configparser.ConfigParser(interpolation=None)
     parser.read([p for p in rc_files if os.path.isfile(p)])
     for section in parser.sections():
         for key, value in parser[section].items():
@@ -155,7 +155,9 @@ def unwritable(path):
 
 
 def theano_flags():
-    """Return the THEANO_FLAGS string: the user's flags plus our defaults."""
+    """Return the THEANO_FLAGS string: the user's flags plus our defaults.
+    Exits (``refuse``) on a setting the project cannot run, and says on stderr
+    when the compile cache moves (``compile_cache``)."""
     user = user_theano_settings()
     if user.get("optimizer", "").lower() == "none":
         refuse("optimizer=None (THEANO_FLAGS or .theanorc): Theano 1.0.5 runs the "

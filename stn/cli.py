@@ -94,17 +94,16 @@ def given(parser, argv=None):
 
 # Set to show the traceback of an error that ``run`` would put in one line.
 TRACEBACK_VARIABLE = "STN_TRACEBACK"
-LIBRARIES = ("theano", "lasagne", "numpy", "scipy", "matplotlib", "PIL")
+LIBRARIES = ("theano", "lasagne")
 
 
 def run(main, args):
     """Call ``main(**vars(args))``; a UserError becomes one line on stderr,
     "prog: error: message", and exit code 2 (a subclass may set ``label`` and
-    ``exit_code``).  So does an unforeseen error of the environment, the file
-    system or a library (OSError, MemoryError, or one raised inside Theano,
-    Lasagne, NumPy, SciPy or Matplotlib), with a hint to rerun with
-    STN_TRACEBACK=1 for its traceback; errors in the project's own code keep
-    theirs."""
+    ``exit_code``).  So does an unforeseen error of the environment or the
+    file system (OSError, MemoryError) or one raised inside Theano or Lasagne,
+    with a hint to rerun with STN_TRACEBACK=1 for its traceback; other errors
+    (the project's own bugs, even when NumPy raises them) keep theirs."""
     prog = sys.argv[0].rsplit("/", 1)[-1]
     try:
         return main(**vars(args))
@@ -140,12 +139,12 @@ class Progress:
 
     LOG_SECONDS = 60
 
-    def __init__(self, total, desc="", stream=None):
+    def __init__(self, total, desc="", stream=None, done=0):
         self.total, self.desc = total, desc
         self.stream = stream or sys.stderr
         self.terminal = self.stream.isatty()
         self.start = self.last = time.time()
-        self.done = 0
+        self.done = self.first = done    # ``done`` already before this start
 
     def update(self, n=1):
         self.done += n
@@ -157,7 +156,8 @@ class Progress:
             return
         self.last = now
         elapsed = now - self.start
-        eta = elapsed / self.done * (self.total - self.done) if self.done else 0
+        rate = (self.done - self.first) / elapsed if elapsed > 0 else 0
+        eta = (self.total - self.done) / rate if rate else 0
         if self.terminal:
             width = 30
             filled = int(width * self.done / max(self.total, 1))

@@ -103,10 +103,11 @@ class TransformerLayer(MergeLayer):
 def output_size(size, factor):
     """The sampled side for an input side of ``size`` pixels (a Python or a
     symbolic integer) and a downsample ``factor``: floor(size / factor) in
-    float64, a quotient within 1e-6 below a whole number taken as that number
-    (60 / 0.6 gives 100 and 33 / 1.1 gives 30, where Python's // gives 99.0
-    and 29.0 and float32 99).  Lasagne master's ``s // f`` for whole factors."""
-    return (size / np.float64(factor) + 1e-6) // 1
+    float64, a quotient within a millionth below a whole number taken as that
+    number (60 / 0.6 gives 100 and 33 / 1.1 gives 30, where Python's // gives
+    99.0 and 29.0, and 60 / float32(0.6) 99.99999).  Lasagne master's
+    ``s // f`` for whole factors."""
+    return (size / np.float64(factor) * (1 + 1e-6)) // 1
 
 
 def linspace(start, stop, num):

@@ -42,9 +42,11 @@ def curves_path(results):
 
 def curves_title(settings):
     """The learning curves' title, from a run's settings."""
+    if not {"script", "seed", "optimizer", "lr", "batch_size"} <= set(settings):
+        return "Learning curves"
     return "Learning curves of %s (seed %s, %s at lr %g, minibatches of %s)" % (
-        settings.get("script", "a run"), settings.get("seed"), settings.get("optimizer"),
-        settings.get("lr"), settings.get("batch_size"))
+        settings["script"], settings["seed"], settings["optimizer"], settings["lr"],
+        settings["batch_size"])
 
 
 def learning_curves(results, path, title, show=False):

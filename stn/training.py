@@ -120,23 +120,25 @@ def default_settings(recipe=None):
     return vars(parser.parse_args([]))
 
 
-def run_script(script, settings, create_data, nb_digits, build_model, own_defaults,
-               recipe=None):
+def run_script(script, settings, parser, create_data, nb_digits, build_model,
+               model_flags=(), recipe=None):
     """What both STN scripts do around their network: check the settings, load
     the data, build the network with ``build_model(dim, num_steps, downsample,
     sh_drp, initzoom=, blur=, sharp=, supersample=, **model_settings)``,
-    compile, train.  ``settings`` are the flags given, by name;
-    ``own_defaults`` the script's own flags' defaults (data, output, and the
-    model settings build_model takes), ``recipe`` its defaults for the
-    training flags.  With ``settings["resume"]``, see ``resumed_settings``."""
-    defaults = dict(default_settings(recipe), **own_defaults)
+    compile, train.  ``settings`` are the flags given, by name; ``parser`` the
+    script's, whose defaults fill the rest; ``model_flags`` the names of its
+    own flags that build_model takes; ``recipe`` its defaults that differ
+    from the chapter's.  With ``settings["resume"]``, see ``resumed_settings``."""
+    defaults = vars(parser.parse_args([]))
     unknown = set(settings) - set(defaults)
     if unknown:
         raise TypeError("unknown settings: %s" % ", ".join(sorted(unknown)))
     if settings.get("resume"):
         # A checkpoint older than a flag ran as the chapter: its flags take the
         # chapter's defaults, not the script's recipe.
-        settings = resumed_settings(settings, dict(default_settings(), **own_defaults))
+        chapter = default_settings()
+        settings = resumed_settings(settings, dict(defaults, **{
+            key: chapter[key] for key in recipe or ()}))
     else:
         settings = dict(defaults, **settings)
         settings["checkpoint"] = (settings["checkpoint"]
@@ -144,6 +146,9 @@ def run_script(script, settings, create_data, nb_digits, build_model, own_defaul
         # Absolute, so that --resume works from any directory.
         for name in ("data", "output", "checkpoint"):
             settings[name] = os.path.abspath(settings[name])
+    if settings["sharp"] and not settings["blur"]:
+        raise UserError("-sharp: reads the unblurred crop while the transform learns "
+                        "from the blurred one, so it needs -blur above 0")
     resume = settings.pop("resume")
     settings["epochs"] = settings["epochs"] or EPOCHS
     settings["script"] = script
@@ -184,8 +189,7 @@ def run_script(script, settings, create_data, nb_digits, build_model, own_defaul
     num_steps = dataset["y_train"].shape[1]
     l_in, l_out, l_A_net, _ = build_model(
         dim, num_steps, settings["downsample"], shared["dropout"],
-        **dict({key: settings[key] for key in TRANSFORM_FLAGS + tuple(
-            set(own_defaults) - {"data", "output"})},
+        **dict({key: settings[key] for key in TRANSFORM_FLAGS + tuple(model_flags)},
                blur=shared.get("blur", settings["blur"])))
     print("Compiling the training and evaluation functions...")
     start = time.time()
@@ -280,7 +284,9 @@ def save_checkpoint(path, train_fn, settings, rng_state, **arrays):
 
 
 # The flags that a resumed run takes from its command line; the rest are the run's.
-RESUME_CHANGES = ("epochs", "patience", "output", "checkpoint")
+# --data may point to the same dataset moved (the network refuses another size).
+RESUME_CHANGES = ("epochs", "patience", "output", "checkpoint", "data")
+PATH_FLAGS = ("data", "mnist", "crops")     # stored absolute
 
 
 def resumed_settings(given, defaults):
@@ -296,13 +302,15 @@ def resumed_settings(given, defaults):
     settings = dict(defaults, **checkpoint_settings(path))
     for name, value in sorted(given.items()):
         if (name not in RESUME_CHANGES + ("resume",)
-                and json.dumps(value) != json.dumps(settings.get(name))):
+                and comparable(name, value) != comparable(name, settings.get(name))):
             raise UserError("--%s %s: a resumed run keeps the settings it started with "
                             "(%s in %s); leave the flag out, or start a new run"
                             % (name.replace("_", "-"), value, settings.get(name), path))
     own = settings.get("checkpoint") and os.path.exists(settings["checkpoint"]) \
         and os.path.samefile(path, settings["checkpoint"])
     settings["checkpoint"] = os.path.abspath(given.get("checkpoint") or path)
+    if given.get("data"):
+        settings["data"] = os.path.abspath(given["data"])
     if given.get("output"):
         settings["output"] = os.path.abspath(given["output"])
     elif own:
@@ -315,6 +323,16 @@ def resumed_settings(given, defaults):
             settings[name] = given[name]
     settings["resume"] = path
     return settings
+
+
+def comparable(name, value):
+    """A flag's ``value`` in the form a run stores it: paths absolute, a
+    downsample factor as a (rows, cols) pair of floats, the rest as JSON."""
+    if name in PATH_FLAGS and value:
+        return os.path.abspath(value)
+    if name == "downsample" and value is not None:
+        return [float(f) for f in np.broadcast_to(value, 2)]
+    return json.dumps(value)
 
 
 def checkpoint_settings(path):
@@ -392,9 +410,11 @@ class Run:
         transforms; epochs without a record hold NaN."""
         arrays = {}
         for key, values in self.history.items():
-            width = np.shape(next((v for v in values if v is not None), np.nan))
+            # Missing: None, or the scalar NaN an earlier save wrote for it.
+            missing = [v is None or (np.ndim(v) == 0 and v != v) for v in values]
+            width = np.shape(next((v for v, m in zip(values, missing) if not m), np.nan))
             arrays["history_" + key] = np.array(
-                [np.full(width, np.nan) if v is None else v for v in values],
+                [np.full(width, np.nan) if m else v for v, m in zip(values, missing)],
                 np.int64 if key == "epoch" else np.float64).reshape((len(values),) + width)
         return arrays
 
@@ -474,8 +494,7 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
             rng = np.random.RandomState()
             rng.set_state(run.epoch_rng_state)
             batches = list(iterate_minibatches(len(X_train), batch_size, rng))
-            progress = cli.Progress(len(batches), "epoch %d" % epoch)
-            progress.update(run.batch)
+            progress = cli.Progress(len(batches), "epoch %d" % epoch, done=run.batch)
             for idx in batches[run.batch:]:
                 loss, probs = train_fn(X_train[idx], y_train[idx])
                 if not math.isfinite(float(loss)):
@@ -555,9 +574,9 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
             run.batch = run.batch_correct = 0
             run.batch_loss = 0.0
             run.epoch_rng_state = rng.get_state()
+            run.save(settings["checkpoint"], train_fn)
             if settings["output"]:
                 save_results(settings["output"], run)
-            run.save(settings["checkpoint"], train_fn)
             if epoch - run.best_epoch >= settings["patience"]:
                 print("Early stopping: no validation gain for %d epochs"
                       % settings["patience"])
@@ -576,7 +595,7 @@ def results_arrays(run):
     transforms history_watch_A keeps by epoch."""
     arrays = dict(run.best, **run.watch)
     arrays["settings"] = np.array(json.dumps(run.settings))
-    arrays["downsample"] = np.array(run.settings["downsample"], np.float32)
+    arrays["downsample"] = np.array(run.settings["downsample"], np.float64)
     arrays["best_epoch"] = np.array(run.best_epoch)
     arrays.update(run.history_arrays())
     return arrays
@@ -587,4 +606,9 @@ def save_results(path, run):
     from . import plots
     arrays = results_arrays(run)
     data.save_npz(path, **arrays)
-    plots.learning_curves(arrays, plots.curves_path(path), plots.curves_title(run.settings))
+    try:
+        plots.learning_curves(arrays, plots.curves_path(path),
+                              plots.curves_title(run.settings))
+    except Exception as e:   # a picture must not stop a run of hours
+        print("Could not draw %s (%s: %s); the run goes on"
+              % (plots.curves_path(path), type(e).__name__, e))

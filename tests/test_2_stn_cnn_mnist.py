@@ -216,9 +216,9 @@ def test_resume_refuses_a_changed_flag_and_takes_a_new_output(tmp_path, sequence
     with pytest.raises(UserError, match="--downsample 2.0: a resumed run keeps"):
         script.main(resume=ckpt, downsample=2.0)
     before = (tmp_path / "a.npz").read_bytes()
-    # A flag equal to the run's own is accepted; --output takes effect.
-    resumed = script.main(resume=ckpt, epochs=2, batch_size=50,
-                          output=str(tmp_path / "b.npz"))
+    # A flag equal to the run's own is accepted, however spelt; --output takes effect.
+    resumed = script.main(resume=ckpt, epochs=2, batch_size=50, downsample=(3.0, 3.0),
+                          data=os.path.relpath(sequences1), output=str(tmp_path / "b.npz"))
     assert resumed["history_epoch"].tolist() == [0, 1]
     assert (tmp_path / "a.npz").read_bytes() == before
     assert json.loads(str(data.load_npz(str(tmp_path / "b.npz"))["settings"]))[
@@ -258,7 +258,7 @@ def test_a_checkpoint_older_than_the_sampling_flags_resumes_as_the_chapter(
     for key in training.TRANSFORM_FLAGS + ("blurepochs",):
         del settings[key]
     ckpt["settings"] = np.array(json.dumps(settings))
-    for key in ("blur",) + tuple(localization.STATS):
+    for key in ("blur", "watch_A") + tuple(localization.STATS):
         del ckpt["history_" + key]
     data.save_npz(path, **ckpt)
     resumed = script.main(resume=path, epochs=2)
@@ -269,7 +269,7 @@ def test_a_checkpoint_older_than_the_sampling_flags_resumes_as_the_chapter(
     assert np.isfinite(resumed["history_zoom_x"][1]).all()
 
 
-@pytest.mark.parametrize("lr", [1e30, 1e38])   # 1e38: NaN transforms reach the sampler
+@pytest.mark.parametrize("lr", [1e30, 1e38])   # as reported: 1e38 ended in an IndexError
 def test_nan_loss_stops_and_keeps_the_previous_results(tmp_path, sequences1, lr):
     output = tmp_path / "res.npz"
     data.save_npz(str(output), previous=np.arange(3))
@@ -291,6 +291,21 @@ def test_data_that_does_not_fit(tmp_path, sequences3):
 def test_downsample_too_large_is_refused_before_training(tmp_path, sequences1):
     with pytest.raises(UserError, match="-downsample 4: leaves a 15-pixel crop"):
         run(tmp_path, sequences1, downsample=4)
+
+
+def test_sharp_without_blur_is_refused(tmp_path, sequences1):
+    with pytest.raises(UserError, match="-sharp: .* needs -blur above 0"):
+        run(tmp_path, sequences1, sharp=True, blur=0.0)
+
+
+def test_a_history_record_missing_in_two_saves_stays_missing():
+    # An old checkpoint resumed, interrupted before its first new epoch ended,
+    # saved the missing record as a scalar NaN; resumed again, it gets arrays.
+    run = training.Run(training.default_settings())
+    run.history["watch_A"] = [None, float("nan"), np.ones((6, 1, 6))]
+    watched = run.history_arrays()["history_watch_A"]
+    assert watched.shape == (3, 6, 1, 6)
+    assert np.isnan(watched[:2]).all() and (watched[2] == 1).all()
 
 
 def test_a_canvas_too_small_for_the_localization_network_is_refused(tmp_path):

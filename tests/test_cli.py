@@ -44,6 +44,10 @@ def test_a_file_system_error_is_one_line(capsys, tmp_path):
 def test_a_bug_in_the_project_and_the_opt_in_keep_the_traceback(monkeypatch):
     with pytest.raises(ZeroDivisionError):
         cli.run(lambda: 1 / 0, argparse.Namespace())
+    # Even when NumPy raises it: wrong shapes are the project's bug.
+    with pytest.raises(ValueError):
+        cli.run(lambda: np.concatenate([np.zeros(2), np.zeros((2, 2))]),
+                argparse.Namespace())
     monkeypatch.setenv(cli.TRACEBACK_VARIABLE, "1")
     with pytest.raises(FileNotFoundError):
         cli.run(lambda: np.load("/no/such/file.npz"), argparse.Namespace())
