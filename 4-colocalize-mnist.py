@@ -319,6 +319,7 @@ def main(model="model.npz", data=DEFAULT_DATA, digit=3, epochs=20, batch_size=64
 def draw(output, X, boxes, crops, A, ious, dim, digit):
     """Canvases with the digit's true box (yellow, dashed) and the learned crop
     (green when IoU > 0.5, red otherwise), each followed by its crop."""
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
     from stn import plots
     columns = 4
@@ -340,7 +341,14 @@ def draw(output, X, boxes, crops, A, ious, dim, digit):
                                color="lime" if score > IOU_THRESHOLD else "red"))
         ax.set_title("IoU %.2f" % score)
         ax_crop.imshow(crop, cmap="gray", vmin=0, vmax=1)
-    fig.suptitle("co-localisation of digit %d: learned crops (box: true digit)" % digit)
+    fig.legend(handles=[Line2D([], [], color="yellow", ls="--", label="the digit's true box"),
+                        Line2D([], [], color="lime", lw=2,
+                               label="learned crop, IoU > %g" % IOU_THRESHOLD),
+                        Line2D([], [], color="red", lw=2,
+                               label="learned crop, IoU <= %g" % IOU_THRESHOLD)],
+               loc="outside lower center", ncol=3, facecolor="lightgray")
+    fig.suptitle("Co-localisation of the digit %d: each test canvas, then its crop, learned "
+                 "from canvases of that digit without their boxes" % digit)
     plots.save_figure(fig, output)
 
 

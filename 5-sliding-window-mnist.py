@@ -212,10 +212,11 @@ def draw(output, X, y, boxes, maps, classes, rows, cols):
     """One row per canvas: the canvas with the digit's box (yellow) and the
     detected window (green if right, red if wrong), the map of the detected
     class's probability, and the map of the highest probability of any class."""
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
     from stn import plots
     plt = plots.pyplot()
-    fig, axes = plt.subplots(len(X), 3, squeeze=False, figsize=(8, 2.7 * len(X)),
+    fig, axes = plt.subplots(len(X), 3, squeeze=False, figsize=(8.6, 2.7 * len(X) + 0.8),
                              layout="constrained")
     for row, canvas, label, box, score, c, i, j in zip(axes, X, y, boxes, maps,
                                                        classes, rows, cols):
@@ -234,6 +235,15 @@ def draw(output, X, y, boxes, maps, classes, rows, cols):
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
+    fig.colorbar(axes[0, 1].images[0], ax=axes[:, 1:], shrink=0.5,
+                 label="probability the CNN gives the window")
+    fig.legend(handles=[Line2D([], [], color="yellow", ls="--", label="the digit's true box"),
+                        Line2D([], [], color="lime", lw=2, label="detected window, right"),
+                        Line2D([], [], color="red", lw=2, label="detected window, wrong")],
+               loc="outside lower center", ncol=3, facecolor="lightgray")
+    fig.suptitle("Sliding window: the MNIST CNN read at every %dx%d window, %d pixels apart;\n"
+                 "the detection is the window and class of highest probability"
+                 % (WINDOW, WINDOW, STRIDE))
     plots.save_figure(fig, output)
 
 
