@@ -300,12 +300,16 @@ def resumed_settings(given, defaults):
     run's: a resumed run cannot change it."""
     path = given["resume"]
     settings = dict(defaults, **checkpoint_settings(path))
-    for name, value in sorted(given.items()):
-        if (name not in RESUME_CHANGES + ("resume",)
-                and comparable(name, value) != comparable(name, settings.get(name))):
-            raise UserError("--%s %s: a resumed run keeps the settings it started with "
-                            "(%s in %s); leave the flag out, or start a new run"
-                            % (name.replace("_", "-"), value, settings.get(name), path))
+    changed = [name for name, value in sorted(given.items())
+               if name not in RESUME_CHANGES + ("resume",)
+               and comparable(name, value) != comparable(name, settings.get(name))]
+    if changed:
+        raise UserError("%s: a resumed run keeps the settings it started with (%s in %s); "
+                        "leave %s out, or start a new run" % (
+                            ", ".join("--%s %s" % (name.replace("_", "-"), given[name])
+                                      for name in changed),
+                            ", ".join(str(settings.get(name)) for name in changed), path,
+                            "the flag" if len(changed) == 1 else "those flags"))
     own = settings.get("checkpoint") and os.path.exists(settings["checkpoint"]) \
         and os.path.samefile(path, settings["checkpoint"])
     settings["checkpoint"] = os.path.abspath(given.get("checkpoint") or path)

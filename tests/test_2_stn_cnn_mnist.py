@@ -213,8 +213,10 @@ def test_resume_refuses_a_changed_flag_and_takes_a_new_output(tmp_path, sequence
     with pytest.raises(UserError, match=r"--lr 0.1: a resumed run keeps the settings it "
                        r"started with \(0.0003 in .*a.ckpt.npz\)"):
         script.main(resume=ckpt, epochs=2, lr=0.1)
-    with pytest.raises(UserError, match="--downsample 2.0: a resumed run keeps"):
-        script.main(resume=ckpt, downsample=2.0)
+    with pytest.raises(UserError, match=r"--batch-size 5, --downsample 2.0: a resumed run "
+                       r"keeps the settings it started with \(50, 3.0 in .*\); leave those "
+                       r"flags out"):
+        script.main(resume=ckpt, downsample=2.0, batch_size=5)
     before = (tmp_path / "a.npz").read_bytes()
     # A flag equal to the run's own is accepted, however spelt; --output takes effect.
     resumed = script.main(resume=ckpt, epochs=2, batch_size=50, downsample=(3.0, 3.0),
