@@ -111,7 +111,8 @@ def cache_directory():
 
 def functions(specs):
     """``theano.function(inputs, outputs, updates=updates)`` for each of
-    ``specs``, loaded from the cache when the same graphs were compiled before."""
+    ``specs``, loaded from the cache when the same graphs were compiled before
+    (otherwise a line on stdout says that compiling takes minutes)."""
     import theano
     if os.environ.get("STN_FUNCTION_CACHE", "1") == "0":
         return [theano.function(i, o, updates=u) for i, o, u in specs]
@@ -134,6 +135,9 @@ def functions(specs):
                     shared[k].container = stored.container
             os.utime(path)
             return loaded
+    print("  (first build of these functions: Theano optimises them and compiles "
+          "C code, minutes on 2 cores; later runs load them in seconds)")
+    sys.stdout.flush()
     compiled = [theano.function(i, o, updates=u) for i, o, u in specs]
     indices = [[position.get(var) for var in fn.get_shared()] for fn in compiled]
     if all(k is not None for fn_indices in indices for k in fn_indices):

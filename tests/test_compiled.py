@@ -44,10 +44,11 @@ def cache(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_loaded_functions_equal_a_fresh_compile(cache, monkeypatch):
+def test_loaded_functions_equal_a_fresh_compile(cache, monkeypatch, capsys):
     import theano
     train(*build(seed=0))                     # compiles and stores the graph
     assert len(os.listdir(str(cache))) == 1
+    assert "first build of these functions" in capsys.readouterr().out
     monkeypatch.setenv("STN_FUNCTION_CACHE", "0")
     fresh = train(*build(seed=5))             # the same graph, other values
     monkeypatch.delenv("STN_FUNCTION_CACHE")
@@ -56,7 +57,9 @@ def test_loaded_functions_equal_a_fresh_compile(cache, monkeypatch):
         raise AssertionError("compiled although the graph is cached")
 
     monkeypatch.setattr(theano, "function", no_compile)
+    capsys.readouterr()
     loaded = train(*build(seed=5))
+    assert "first build" not in capsys.readouterr().out
     assert fresh[0] == loaded[0]              # losses, dropout masks included
     np.testing.assert_array_equal(fresh[1], loaded[1])
     # The loaded function started from the caller's initial values, not the
