@@ -7,8 +7,9 @@ Lasagne's order under the keys arr_0 ... arr_7, as the chapter does:
     python 1-train-mnist.py
 
 Training is nesterov momentum (lr 0.01, momentum 0.9) on minibatches of 500, for
-100 epochs: 99.42% test accuracy in 36 minutes on a 2-core machine (README.md has
-the curve).  For a quick look, --epochs 2 --train-size 5000.
+100 epochs: 99.42% test accuracy in 36 minutes on a 2-core machine.  After every
+epoch it redraws its learning curves beside the weights (model_curves.png).  For
+a quick look, --epochs 2 --train-size 5000.
 
 With --crops DATASET it trains and tests on the digits of a distorted-digit
 dataset instead, cut out at their true boxes with the clutter inside them: the
@@ -21,6 +22,8 @@ import time
 from stn import cli
 
 EPOCHS = 100  # passes over the training set, unless --epochs says otherwise
+# What every epoch records, for the learning curves (model_curves.png).
+HISTORY = ("epoch", "train_loss", "valid_acc", "lr", "seconds")
 
 
 def build_parser():
@@ -110,7 +113,7 @@ def main(**settings):
     # Settings first: check the output before an hour of training.
     import os
     import numpy as np
-    from stn import data, training
+    from stn import data, plots, training
     defaults = vars(build_parser().parse_args([]))
     unknown = set(settings) - set(defaults)
     if unknown:
@@ -166,10 +169,15 @@ def main(**settings):
     # then tested and saved, and the checkpoint of the last whole epoch stays.
     rng = np.random.RandomState(seed)
     first_epoch = 0
+    history = {key: [] for key in HISTORY}
     if resume:
         rng_state, state = training.load_checkpoint(resume, train_fn)
         rng.set_state(rng_state)
         first_epoch = int(state["epoch"])
+        # Checkpoints from before the curves lack the history: NaN.
+        history = {key: list(state.get("history_" + key, np.full(first_epoch, np.nan)))
+                   for key in HISTORY}
+        history["epoch"] = list(range(first_epoch))
         print("Resumed from %s after epoch %d" % (resume, first_epoch))
     print("Starting training...")
     with training.StopFlag() as stop:
@@ -203,8 +211,17 @@ def main(**settings):
             print("  validation loss:\t\t{:.6f}".format(val_loss))
             print("  validation accuracy:\t\t{:.2f} %".format(val_acc * 100))
             sys.stdout.flush()
+            for key, value in zip(HISTORY, (epoch, train_err / train_batches, val_acc,
+                                            learning_rate, time.time() - start_time)):
+                history[key].append(value)
+            arrays = {"history_" + key: np.array(value, np.float64)
+                      for key, value in history.items()}
             training.save_checkpoint(checkpoint, train_fn, settings, rng.get_state(),
-                                     epoch=np.array(epoch + 1))
+                                     epoch=np.array(epoch + 1), **arrays)
+            plots.learning_curves(arrays, plots.curves_path(output),
+                                  "Learning curves of 1-train-mnist.py (seed %d, nesterov "
+                                  "momentum at lr %g, minibatches of %d)"
+                                  % (seed, learning_rate, batch_size))
 
     test_loss_value, test_acc = evaluate(val_fn, X_test, y_test, batch_size)
     print("Final results:")

@@ -52,7 +52,7 @@ def curves_title(settings):
 def learning_curves(results, path, title, show=False):
     """Draw the history of a results file (its ``history_*`` arrays) to the PNG
     ``path``: accuracy (%) of the training batches, the validation and the
-    test set by epoch, with the minutes elapsed on the top axis; the training
+    test set by epoch (those it has), with the minutes elapsed on the top axis; the training
     loss and the learning rate; and, for the STN scripts, the transform's mean
     zoom (crop span / canvas, across and down, per step) and the share of test
     crops centred on their digit.  A checkpoint's epochs without a value
@@ -68,13 +68,14 @@ def learning_curves(results, path, title, show=False):
     ax = axes[0]
     for key, label in (("train_acc", "training batches"), ("valid_acc", "validation"),
                        ("test_acc", "test")):
-        ax.plot(epochs, 100 * np.asarray(results["history_" + key]), marker=".",
-                label=label)
+        if "history_" + key in results:
+            ax.plot(epochs, 100 * np.asarray(results["history_" + key]), marker=".",
+                    label=label)
     ax.set(xlabel="epoch", ylabel="accuracy (%)")
     ax.set_title("Accuracy", pad=32 if len(epochs) > 1 else None)
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
-    minutes = np.cumsum(results["history_seconds"]) / 60.0
+    minutes = np.cumsum(np.nan_to_num(results["history_seconds"])) / 60.0
     if len(epochs) > 1:
         top = ax.secondary_xaxis("top", functions=(
             lambda e: np.interp(e, epochs, minutes),

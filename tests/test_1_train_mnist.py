@@ -54,6 +54,11 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     script.main(epochs=1, train_size=1000, batch_size=100, output=str(first))
     # The finished 1-epoch run goes on to 2 when asked.
     assert script.main(resume=str(tmp_path / "b.ckpt.npz"), epochs=2) == expected
+    # The learning curves go on with the resumed run.
+    assert (tmp_path / "b_curves.png").exists()
+    history = data.load_npz(str(tmp_path / "b.ckpt.npz"))
+    assert history["history_epoch"].tolist() == [0, 1]
+    assert np.isfinite(history["history_valid_acc"]).all()
     with pytest.raises(UserError, match="--learning-rate 0.1: a resumed run keeps the "
                        "settings it started with"):
         script.main(resume=str(tmp_path / "b.ckpt.npz"), epochs=3, learning_rate=0.1)
