@@ -24,6 +24,7 @@ COLOURS = ("lime", "red", "deepskyblue", "yellow", "magenta", "cyan")
 # The TransformerLayer's sampling keywords as the chapter's layer has them.
 PLAIN = {"blur": 0.0, "blur_radius": 0, "supersample": 1}
 REQUIRED = ("x", "A", "preds")
+ROWS = 5        # canvases a column; more go into further columns
 
 
 def build_parser():
@@ -142,12 +143,22 @@ def main(file, n=5, seed=111, output=None, show=False, gif=False):
     # The true digits, one per step, when the file has them.
     truth = res["y"].reshape(count, -1) if "y" in res else np.full((count, steps), None)
 
+    if n > count:
+        print("%s holds %d test canvases: drawing them all" % (file, count))
     chosen = np.random.RandomState(seed).choice(count, min(n, count), replace=False)
+    # Up to ROWS canvases a column of (canvas, crops) groups, side by side.
+    rows, groups = min(len(chosen), ROWS), -(-len(chosen) // ROWS)
     plt = plots.pyplot(show)
-    fig, axes = plt.subplots(len(chosen), 1 + steps, squeeze=False,
-                             figsize=(2.6 * (1 + steps), 2.6 * len(chosen)),
+    fig, grid = plt.subplots(rows, groups * (1 + steps), squeeze=False,
+                             figsize=(2.6 * groups * (1 + steps), 2.6 * rows),
                              layout="constrained")
+    for ax in grid.flat:
+        ax.axis("off")
+    axes = [grid[k % ROWS, (k // ROWS) * (1 + steps):(k // ROWS + 1) * (1 + steps)]
+            for k in range(len(chosen))]
     for row, i in zip(axes, chosen):
+        for ax in row:
+            ax.axis("on")
         row[0].imshow(canvases[i], cmap="gray", vmin=0, vmax=1)
         for step in range(steps):
             colour = COLOURS[step % len(COLOURS)]
@@ -158,22 +169,23 @@ def main(file, n=5, seed=111, output=None, show=False, gif=False):
             if branches:
                 row[1 + step].set_title("branch %d" % (step + 1))
             else:
-                text, colour = label("step %d: " % (step + 1), preds[i, step],
-                                     truth[i, step])
-                row[1 + step].set_title(text, color=colour)
+                text, text_colour = label("step %d: " % (step + 1) if steps > 1 else "",
+                                          preds[i, step], truth[i, step])
+                row[1 + step].set_title(text, color=text_colour)
             for side in row[1 + step].spines.values():
                 side.set_edgecolor(colour)
                 side.set_linewidth(3)
         if branches:
-            text, colour = label("", preds[i, 0], truth[i, 0])
-            row[0].set_title(text, color=colour)
+            text, text_colour = label("", preds[i, 0], truth[i, 0])
+            row[0].set_title(text, color=text_colour)
         row[0].set_xlim(-0.5, width - 0.5)
         row[0].set_ylim(height - 0.5, -0.5)
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
     if not branches:
-        axes[0, 0].set_title("canvas")
+        for group in range(groups):
+            grid[0, group * (1 + steps)].set_title("canvas")
     factor = ("%g" % factors[0] if factors[0] == factors[1]
               else "%g,%g" % tuple(factors))
     extras = "".join(", %s %g" % (key, sampling[key]) for key in ("blur", "supersample")

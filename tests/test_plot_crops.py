@@ -68,6 +68,19 @@ def test_writes_png_for_one_and_three_steps(tmp_path, steps):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_more_canvases_than_a_column_go_side_by_side(tmp_path, capsys):
+    import matplotlib.image
+    rng = np.random.RandomState(2)
+    path = str(tmp_path / "res.npz")
+    data.save_npz(path, x=rng.rand(20, 60, 60).astype(np.float32),
+                  A=np.tile(np.float32([0.3, 0, 0, 0, 0.3, 0]), (20, 1)),
+                  preds=np.zeros(20, np.int32), downsample=np.float32(2))
+    image = matplotlib.image.imread(script.main(path, n=30))
+    assert "holds 20 test canvases: drawing them all" in capsys.readouterr().out
+    # Four columns of five (canvas, crop) pairs: about 8 panels wide, 5 high.
+    assert 1.3 < image.shape[1] / image.shape[0] < 2.0
+
+
 def test_draws_with_the_blur_of_the_epoch_it_shows(tmp_path, monkeypatch):
     # A run that started at sigma 1.5 (the layer's radius 3) and faded it to
     # 0.75 by its best epoch, 1: the crops are drawn at 0.75, radius 3.
