@@ -82,6 +82,10 @@ def add_training_flags(parser, default_output, recipe=None):
     add("-blurepochs", "--blurepochs", type=cli.nonnegative_int, default=0,
         help="the blur fades linearly to none over this many epochs (0: it "
              "stays) (default: %(default)s)")
+    add("-blurzoom", "--blurzoom", action="store_true",
+        help="the blur's sigma follows the transform: -blur times the mean zoom of "
+             "the last epoch, as the spacing of the sampled points shrinks "
+             "(default: off, a fixed sigma)")
     add("-sharp", "--sharp", action="store_true",
         help="with -blur, the classifier reads the unblurred crop; the blur only "
              "smooths the transform's gradient (default: off, the blurred crop)")
@@ -184,7 +188,7 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
     lasagne.random.set_rng(np.random.RandomState(settings["seed"]))
     # The settings that change by epoch (``scheduled``), as shared variables.
     shared = {"dropout": theano.shared(lasagne.utils.floatX(0.0), name="dropout")}
-    if settings["blurepochs"]:
+    if settings["blurepochs"] or settings["blurzoom"]:
         shared["blur"] = theano.shared(lasagne.utils.floatX(settings["blur"]), name="blur")
     num_steps = dataset["y_train"].shape[1]
     l_in, l_out, l_A_net, _ = build_model(
@@ -252,13 +256,21 @@ def predict(eval_fn, X, num_steps, batch_size):
             (idx, probs))
 
 
-def scheduled(settings, epoch):
+def scheduled(settings, epoch, zoom=None):
     """The values at ``epoch`` of the settings that change by epoch: dropout,
-    ramped up over epochs 0-DROPOUT_RAMP, and, with ``blurepochs``, the blur,
-    faded linearly to 0 over that many epochs."""
+    ramped up over epochs 0-DROPOUT_RAMP; with ``blurepochs``, the blur,
+    faded linearly to 0 over that many epochs; with ``blurzoom``, the blur
+    times ``zoom`` (at most 1), the transform's mean zoom in the last epoch
+    (``initzoom`` before the first), so that the blur follows the spacing of
+    the sampled points as an anti-aliasing filter should (Jaderberg et al.
+    2015, section 3.4)."""
     values = {"dropout": settings["dropout"] * min(epoch, DROPOUT_RAMP) / DROPOUT_RAMP}
+    if settings.get("blurepochs") or settings.get("blurzoom"):
+        values["blur"] = settings["blur"]
     if settings.get("blurepochs"):
-        values["blur"] = settings["blur"] * max(0.0, 1 - epoch / settings["blurepochs"])
+        values["blur"] *= max(0.0, 1 - epoch / settings["blurepochs"])
+    if settings.get("blurzoom"):
+        values["blur"] *= min(1.0, settings["initzoom"] if zoom is None else zoom)
     return values
 
 
@@ -486,7 +498,10 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
         while run.epoch < settings["epochs"]:
             epoch = run.epoch
             start_time = time.time()
-            values = scheduled(settings, epoch)
+            zooms = [z for key in ("zoom_x", "zoom_y") for z in run.history[key][-1:]]
+            values = scheduled(settings, epoch,
+                               float(np.mean(zooms)) if zooms and zooms[0] is not None
+                               else None)
             for name, value in values.items():
                 shared[name].set_value(np.float32(value))
             if run.batch == 0 and lr_decays(epoch, run.last_decay, settings["nodecay"],

@@ -155,6 +155,18 @@ def test_dropout_ramps_up_and_the_blur_fades_by_epoch():
     assert training.scheduled(dict(settings, blurepochs=0), 1) == {"dropout": 0.1}
 
 
+def test_a_blur_that_follows_the_zoom(tmp_path, sequences1):
+    settings = dict(dropout=0.0, blur=1.5, blurzoom=True, initzoom=0.6)
+    assert training.scheduled(settings, 0)["blur"] == pytest.approx(0.9)    # 1.5 * 0.6
+    assert training.scheduled(settings, 3, zoom=0.4)["blur"] == pytest.approx(0.6)
+    assert training.scheduled(settings, 3, zoom=1.3)["blur"] == pytest.approx(1.5)
+    # In a run: each epoch's sigma is the blur times the last epoch's mean zoom.
+    _, res = run(tmp_path, sequences1, epochs=3, blur=1.5, blurzoom=True, initzoom=0.6)
+    zoom = (res["history_zoom_x"][:, 0] + res["history_zoom_y"][:, 0]) / 2
+    np.testing.assert_allclose(res["history_blur"], 1.5 * np.minimum(1, np.r_[0.6, zoom[:2]]),
+                               rtol=1e-6)
+
+
 def test_lr_schedule_is_the_chapters():
     decays, last = [], -10**9
     for epoch in range(70):
