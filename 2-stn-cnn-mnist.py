@@ -27,7 +27,8 @@ history; see README.md) and a checkpoint after every epoch:
     python plot_crops.py res_test_2.npz
     python 2-stn-cnn-mnist.py --branches 2     # two transformers in parallel
 
-See README.md for the measured accuracy and time on a 2-core machine.
+See README.md for the measured accuracy and time on a 2-core machine, and
+docs/localisation.md for how the recipe was found.
 """
 from stn import cli, training
 

@@ -14,7 +14,8 @@ checkpoint after every epoch; the flags are those of 2-stn-cnn-mnist.py:
     python plot_crops.py res_test_3.npz
 
 Each epoch prints the per-digit accuracy (the chapter's "Acc") and the sequence
-accuracy (all three digits right).  See README.md for measured figures.
+accuracy (all three digits right).  It reads canvases of N digits with N steps
+(the chapter's: 3).  Measured figures: docs/recurrent.md.
 """
 from stn import cli, training
 

@@ -33,7 +33,7 @@ that measure only.  Reads model.npz and a 1-digit dataset of 60x60 canvases
     python 4-colocalize-mnist.py --digit 3     # writes colocalize.png
 
 Expect 86% of the test canvases of 3s at IoU > 0.5 after the 20 epochs, in
-under 2 minutes on 2 cores; 8 classes of 10 reach 86-99.5% (README.md).
+under 2 minutes on 2 cores; 8 classes of 10 reach 86-99.5% (docs/beyond.md).
 """
 from stn import cli
 
@@ -181,7 +181,7 @@ def build_model(dim, weights):
 
     # The encoder: the trained classifier's convolutional stages, frozen.  Its
     # 256-unit hidden layer was tried too: it keeps less of where the strokes
-    # are, and the crops settled off their digits (README.md).
+    # are, and the crops settled off their digits (docs/beyond.md).
     layers["encoder_in"] = InputLayer((None, 1, CROP, CROP))
     layers["encoder"] = FlattenLayer(mnist_cnn.model(layers["encoder_in"], p=0.0,
                                                      num_units=0))

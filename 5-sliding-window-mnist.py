@@ -20,7 +20,7 @@ maps and detections:
     python 5-sliding-window-mnist.py     # writes sliding_window.png
 
 It also times the convolutional pass against the window-by-window one and
-checks that both give the same maps.  See README.md for measured figures.
+checks that both give the same maps.  Measured figures: docs/beyond.md.
 """
 import time
 

@@ -9,7 +9,7 @@ and update) and evaluation batches.  Prints one JSON line:
     {"model": "stn", "batch_size": 128, "train_images_per_sec": ..., ...}
 
 --cold compiles in a fresh, empty Theano cache to time a first run.
-STN_MALLOC_TUNING=0 measures without the allocator tuning (see README.md).
+STN_MALLOC_TUNING=0 measures without the allocator tuning (see docs/speed.md).
 `make bench` runs every model both ways and prints the table.
 """
 import json

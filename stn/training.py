@@ -60,7 +60,8 @@ def add_training_flags(parser, default_output, recipe=None):
     add("-lr", "--lr", type=cli.positive_float, default=0.0005,
         help="learning rate (default: %(default)s)")
     add("-decayinterval", "--decayinterval", type=cli.positive_int, default=10,
-        help="epochs between learning-rate decays, see README (default: %(default)s)")
+        help="after -nodecay epochs the learning rate is divided by -decayfac every "
+             "DECAYINTERVAL + 2 epochs, the chapter's schedule (default: %(default)s)")
     add("-decayfac", "--decayfac", type=cli.positive_float, default=1.5,
         help="the learning rate is divided by this at each decay (default: %(default)s)")
     add("-nodecay", "--nodecay", type=cli.nonnegative_int, default=30,
