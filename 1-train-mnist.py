@@ -119,9 +119,9 @@ def main(**settings):
     if unknown:
         raise TypeError("unknown settings: %s" % ", ".join(sorted(unknown)))
     if settings.get("resume"):
-        settings = training.resumed_settings(settings, defaults)
+        settings = training.resumed_settings(settings, defaults, "1-train-mnist.py")
     else:
-        settings = dict(defaults, **settings)
+        settings = dict(defaults, script="1-train-mnist.py", **settings)
         settings["checkpoint"] = (settings["checkpoint"]
                                   or settings["output"].replace(".npz", "") + ".ckpt.npz")
         # Absolute, so that --resume works from any directory.

@@ -38,6 +38,8 @@ def main(file, split="train", n=10, output=None, show=False):
         print("%-5s  X %s  y %s" % (name, dataset["X_" + name].shape,
                                     dataset["y_" + name].shape))
     X, y = dataset["X_" + split][:n], dataset["y_" + split][:n]
+    if n > len(X):
+        print("the %s split holds %d canvases: drawing them all" % (split, len(X)))
     plt = plots.pyplot(show)
     columns = min(len(X), 5)
     rows = -(-len(X) // columns)

@@ -143,7 +143,7 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
         # chapter's defaults, not the script's recipe.
         chapter = default_settings()
         settings = resumed_settings(settings, dict(defaults, **{
-            key: chapter[key] for key in recipe or ()}))
+            key: chapter[key] for key in recipe or ()}), script)
     else:
         settings = dict(defaults, **settings)
         settings["checkpoint"] = (settings["checkpoint"]
@@ -302,17 +302,24 @@ RESUME_CHANGES = ("epochs", "patience", "output", "checkpoint", "data")
 PATH_FLAGS = ("data", "mnist", "crops")     # stored absolute
 
 
-def resumed_settings(given, defaults):
+def resumed_settings(given, defaults, script):
     """The settings of the run checkpointed in ``given["resume"]``, with the
     flags of RESUME_CHANGES that ``given`` holds.  The checkpoint written is
     the one resumed from (so that a copy goes on in itself) and, unless that
     is the run's own, the results go beside it (copy.ckpt.npz: copy.npz).
     ``defaults`` fill the settings a checkpoint older than them lacks.
 
-    Raises UserError naming any other flag given with a value other than the
-    run's: a resumed run cannot change it."""
+    Raises UserError for a checkpoint of another script than ``script`` (the
+    checkpoints of 1-train-mnist.py older than this check do not name theirs),
+    and naming any other flag given with a value other than the run's: a
+    resumed run cannot change it."""
     path = given["resume"]
-    settings = dict(defaults, **checkpoint_settings(path))
+    stored = checkpoint_settings(path)
+    writer = stored.get("script", "1-train-mnist.py")
+    if writer != script:
+        raise UserError("%s: a checkpoint of %s; resume it with: python %s --resume %s"
+                        % (path, writer, writer, path))
+    settings = dict(defaults, **stored)
     changed = [name for name, value in sorted(given.items())
                if name not in RESUME_CHANGES + ("resume",)
                and comparable(name, value) != comparable(name, settings.get(name))]

@@ -227,6 +227,11 @@ def test_resume_refuses_a_changed_flag_and_takes_a_new_output(tmp_path, sequence
     with pytest.raises(UserError, match=r"--lr 0.1: a resumed run keeps the settings it "
                        r"started with \(0.0003 in .*a.ckpt.npz\)"):
         script.main(resume=ckpt, epochs=2, lr=0.1)
+    # Another script's checkpoint is refused before any data is read.
+    for other in ("3-recurrent-stn-mnist.py", "1-train-mnist.py"):
+        with pytest.raises(UserError, match="a.ckpt.npz: a checkpoint of 2-stn-cnn-mnist.py; "
+                           "resume it with: python 2-stn-cnn-mnist.py --resume"):
+            load_script(other).main(resume=ckpt)
     with pytest.raises(UserError, match=r"--batch-size 5, --downsample 2.0: a resumed run "
                        r"keeps the settings it started with \(50, 3.0 in .*\); leave those "
                        r"flags out"):
