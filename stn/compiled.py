@@ -135,8 +135,8 @@ def functions(specs):
                     shared[k].container = stored.container
             os.utime(path)
             return loaded
-    print("  (first build of these functions: Theano optimises them and compiles "
-          "C code, minutes on 2 cores; later runs load them in seconds)")
+    print("  (first build of these functions: Theano optimises them and compiles the "
+          "C code it lacks, up to minutes on 2 cores; later runs load them in seconds)")
     sys.stdout.flush()
     compiled = [theano.function(i, o, updates=u) for i, o, u in specs]
     indices = [[position.get(var) for var in fn.get_shared()] for fn in compiled]
