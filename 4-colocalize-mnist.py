@@ -245,7 +245,7 @@ def main(model="model.npz", data=DEFAULT_DATA, digit=3, epochs=20, batch_size=64
     import sys
     import time
     import numpy as np
-    from stn import data as stn_data, training
+    from stn import data as stn_data, plots, training
     from stn.errors import UserError
 
     stn_data.check_writable(output)
@@ -306,6 +306,12 @@ def main(model="model.npz", data=DEFAULT_DATA, digit=3, epochs=20, batch_size=64
                   "({:.0f}s)".format(epoch, history["loss"][-1], IOU_THRESHOLD,
                                      located, history["seconds"][-1]))
             sys.stdout.flush()
+            plots.learning_curves(
+                {"history_epoch": np.arange(epoch + 1), "history_train_loss": history["loss"],
+                 "history_located": history["located"], "history_seconds": history["seconds"],
+                 "history_lr": np.full(epoch + 1, lr)}, plots.curves_path(output),
+                "Learning curves of 4-colocalize-mnist.py (digit %d, seed %d, adam at lr %g)"
+                % (digit, seed, lr))
             if stop.raised:
                 print("Stopped by Ctrl-C: drawing the crops learned so far")
                 break

@@ -1,4 +1,6 @@
 """Pictures: every PNG is drawn headless (Agg) and written atomically."""
+import os
+
 import numpy as np
 
 from .data import atomic_path
@@ -36,8 +38,9 @@ def save_mosaic(images, columns, path):
 
 
 def curves_path(results):
-    """Where the learning curves of the results file ``results`` go."""
-    return results[:-4] + "_curves.png" if results.endswith(".npz") else results + "_curves.png"
+    """Where the learning curves of a run whose results go to ``results`` go:
+    res.npz, res_curves.png."""
+    return os.path.splitext(results)[0] + "_curves.png"
 
 
 def curves_title(settings):
@@ -52,7 +55,8 @@ def curves_title(settings):
 def learning_curves(results, path, title, show=False):
     """Draw the history of a results file (its ``history_*`` arrays) to the PNG
     ``path``: accuracy (%) of the training batches, the validation and the
-    test set by epoch (those it has), with the minutes elapsed on the top axis; the training
+    test set by epoch (those it has; for co-localisation the share of test
+    crops located), with the minutes elapsed on the top axis; the training
     loss and the learning rate; and, for the STN scripts, the transform's mean
     zoom (crop span / canvas, across and down, per step) and the share of test
     crops centred on their digit.  A checkpoint's epochs without a value
@@ -67,7 +71,7 @@ def learning_curves(results, path, title, show=False):
     axes = axes[0]
     ax = axes[0]
     for key, label in (("train_acc", "training batches"), ("valid_acc", "validation"),
-                       ("test_acc", "test")):
+                       ("test_acc", "test"), ("located", "test crops at IoU > 0.5")):
         if "history_" + key in results:
             ax.plot(epochs, 100 * np.asarray(results["history_" + key]), marker=".",
                     label=label)

@@ -109,6 +109,7 @@ def test_main_trains_and_draws(model_file, sequences1, tmp_path):
     assert 0 <= result["located"][0] <= 1 and result["A"].shape[1] == 6
     with open(output, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "coloc_curves.png").exists()
 
 
 def test_bad_inputs_are_named(model_file, sequences1, tmp_path):
