@@ -27,6 +27,7 @@ WATCH = 6              # the first test canvases whose transforms every epoch ke
 EPOCHS = 300           # the chapter's maximum number of epochs
 # The flags of the transformer that both scripts pass to their build_model.
 TRANSFORM_FLAGS = ("initzoom", "blur", "sharp", "supersample")
+BLUR_FLAGS = ("sharp", "blurepochs", "blurzoom")
 
 
 class Interrupted(UserError):
@@ -151,9 +152,10 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
         # Absolute, so that --resume works from any directory.
         for name in ("data", "output", "checkpoint"):
             settings[name] = os.path.abspath(settings[name])
-    if settings["sharp"] and not settings["blur"]:
-        raise UserError("-sharp: reads the unblurred crop while the transform learns "
-                        "from the blurred one, so it needs -blur above 0")
+    # The flags that change how the blur acts do nothing without one.
+    for flag in BLUR_FLAGS:
+        if settings[flag] and not settings["blur"]:
+            raise UserError("-%s: acts on the blur, so it needs -blur above 0" % flag)
     resume = settings.pop("resume")
     settings["epochs"] = settings["epochs"] or EPOCHS
     settings["script"] = script

@@ -314,9 +314,12 @@ def test_downsample_too_large_is_refused_before_training(tmp_path, sequences1):
         run(tmp_path, sequences1, downsample=4)
 
 
-def test_sharp_without_blur_is_refused(tmp_path, sequences1):
-    with pytest.raises(UserError, match="-sharp: .* needs -blur above 0"):
-        run(tmp_path, sequences1, sharp=True, blur=0.0)
+@pytest.mark.parametrize("flag, value", [("sharp", True), ("blurepochs", 3),
+                                         ("blurzoom", True)])
+def test_a_blur_flag_without_blur_is_refused(tmp_path, sequences1, flag, value):
+    with pytest.raises(UserError, match="-%s: acts on the blur, so it needs -blur above 0"
+                       % flag):
+        run(tmp_path, sequences1, blur=0.0, **{flag: value})
 
 
 def test_a_history_record_missing_in_two_saves_stays_missing():
