@@ -123,7 +123,7 @@ def main(**settings):
     else:
         settings = dict(defaults, script="1-train-mnist.py", **settings)
         settings["checkpoint"] = (settings["checkpoint"]
-                                  or settings["output"].replace(".npz", "") + ".ckpt.npz")
+                                  or training.checkpoint_path(settings["output"]))
         # Absolute, so that --resume works from any directory.
         for name in ("output", "checkpoint", "mnist", "crops"):
             if settings[name]:
@@ -218,10 +218,8 @@ def main(**settings):
                       for key, value in history.items()}
             training.save_checkpoint(checkpoint, train_fn, settings, rng.get_state(),
                                      epoch=np.array(epoch + 1), **arrays)
-            plots.learning_curves(arrays, plots.curves_path(output),
-                                  "Learning curves of 1-train-mnist.py (seed %d, nesterov "
-                                  "momentum at lr %g, minibatches of %d)"
-                                  % (seed, learning_rate, batch_size))
+            plots.learning_curves(arrays, plots.curves_path(output), plots.curves_title(
+                dict(settings, optimizer="nesterov momentum", lr=learning_rate)))
 
     test_loss_value, test_acc = evaluate(val_fn, X_test, y_test, batch_size)
     print("Final results:")

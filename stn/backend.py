@@ -121,8 +121,9 @@ def find_blas():
 
 
 def refuse(message):
-    """A set-up the project cannot run: one line on stderr, exit code 2."""
-    sys.stderr.write("stn: error: %s\n" % message)
+    """A set-up the project cannot run: one line on stderr, "prog: error:
+    message", as the scripts' other errors, and exit code 2."""
+    sys.stderr.write("%s: error: %s\n" % (os.path.basename(sys.argv[0]) or "python", message))
     raise SystemExit(2)
 
 

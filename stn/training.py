@@ -147,8 +147,7 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
             key: chapter[key] for key in recipe or ()}), script)
     else:
         settings = dict(defaults, **settings)
-        settings["checkpoint"] = (settings["checkpoint"]
-                                  or settings["output"].replace(".npz", "") + ".ckpt.npz")
+        settings["checkpoint"] = settings["checkpoint"] or checkpoint_path(settings["output"])
         # Absolute, so that --resume works from any directory.
         for name in ("data", "output", "checkpoint"):
             settings[name] = os.path.abspath(settings[name])
@@ -285,6 +284,20 @@ def lr_decays(epoch, last_decay, nodecay, decayinterval):
 
 # ---- Checkpoints ----
 
+def checkpoint_path(output):
+    """The checkpoint beside a run's results file: res.npz -> res.ckpt.npz."""
+    return (output[:-len(".npz")] if output.endswith(".npz") else output) + ".ckpt.npz"
+
+
+def results_path(checkpoint):
+    """The inverse of ``checkpoint_path``, where a run resumed from a copied
+    checkpoint writes its results: copy.ckpt.npz -> copy.npz (any other name
+    gets .results.npz appended)."""
+    if checkpoint.endswith(".ckpt.npz"):
+        return checkpoint[:-len(".ckpt.npz")] + ".npz"
+    return checkpoint + ".results.npz"
+
+
 def save_checkpoint(path, train_fn, settings, rng_state, **arrays):
     """Write a checkpoint: the run's settings, every shared variable
     ``train_fn`` uses (parameters, optimizer state, learning rate, dropout level
@@ -342,8 +355,7 @@ def resumed_settings(given, defaults, script):
     elif own:
         settings["output"] = os.path.abspath(settings["output"])
     else:
-        stem = path[:-len(".ckpt.npz")] if path.endswith(".ckpt.npz") else path + ".results"
-        settings["output"] = os.path.abspath(stem + ".npz")
+        settings["output"] = os.path.abspath(results_path(path))
     for name in ("epochs", "patience"):
         if given.get(name) is not None:
             settings[name] = given[name]

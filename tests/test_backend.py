@@ -77,10 +77,11 @@ def test_python_312_is_refused_clearly(monkeypatch, capsys):
 
 
 def test_optimizer_none_is_refused_in_one_line():
-    out = subprocess.run([sys.executable, "-c", "import stn"], capture_output=True,
-                         text=True, env=dict(os.environ, PYTHONPATH=ROOT,
-                                             THEANO_FLAGS="optimizer=None"))
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "2-stn-cnn-mnist.py"), "--help"],
+                         capture_output=True, text=True,
+                         env=dict(os.environ, THEANO_FLAGS="optimizer=None"))
     assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert out.stderr.startswith("2-stn-cnn-mnist.py: error: ")
     assert "optimizer=None" in out.stderr and "use optimizer=fast_compile" in out.stderr
 
 
