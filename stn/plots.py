@@ -118,7 +118,9 @@ def learning_curves(results, path, title, show=False):
             share.plot(epochs, centred.mean(axis=1), color="k", linestyle="--",
                        label="crops centred on their digit")
             share.set(ylim=(0, 105), ylabel="centred on their digit (%, dashed)")
-        ax.legend(loc="lower left", fontsize="small")
+        # Below the panel, where it can hide no curve, whatever the zoom.
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2),
+                  ncol=max(2, zoom_x.shape[1]), fontsize="small")
         ax.grid(alpha=0.3)
     for ax in axes:
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
