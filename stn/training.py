@@ -6,6 +6,7 @@ stopping, the per-epoch line, the results file, and a checkpoint after every
 epoch (and on Ctrl-C) that ``--resume`` continues exactly.
 """
 import json
+from collections import OrderedDict
 import math
 import os
 import signal
@@ -60,6 +61,10 @@ def add_training_flags(parser, default_output, recipe=None):
     add = parser.add_argument
     add("-lr", "--lr", type=cli.positive_float, default=0.0005,
         help="learning rate (default: %(default)s)")
+    add("-loclr", "--loclr", type=cli.positive_float, default=1.0,
+        help="the localization network (A_net and the layers below it) learns at "
+             "-lr times this; the classifier at -lr (default: %(default)s, one "
+             "rate, the chapter's)")
     add("-decayinterval", "--decayinterval", type=cli.positive_int, default=10,
         help="after -nodecay epochs the learning rate is divided by -decayfac every "
              "DECAYINTERVAL + 2 epochs, the chapter's schedule (default: %(default)s)")
@@ -200,7 +205,8 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
     print("Compiling the training and evaluation functions...")
     start = time.time()
     train_fn, eval_fn, sh_lr = build_functions(
-        l_in.input_var, l_out, l_A_net, settings["optimizer"], settings["lr"])
+        l_in.input_var, l_out, l_A_net, settings["optimizer"], settings["lr"],
+        settings["loclr"])
     print(ready_line(start))
     results = fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=resume)
     print("Results in %s, checkpoint in %s" % (settings["output"],
@@ -216,14 +222,16 @@ def ready_line(compile_start):
         time.time() - compile_start, time.time() - backend.started)
 
 
-def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate):
+def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate, loclr=1.0):
     """Compile the chapter's functions for a classifier reading ``num_steps`` crops.
 
     ``l_out`` gives (batch * num_steps, 10) class probabilities, sample-major,
     and ``l_A_net`` the matching (batch * num_steps, 6) transforms, or
     (batch, 6 * branches) for parallel transformers.  Returns
     ``train_fn(X, y) -> (loss, probs)`` with y of shape (batch, num_steps),
-    ``eval_fn(X) -> (probs, A)`` and the shared learning rate.
+    ``eval_fn(X) -> (probs, A)`` and the shared learning rate.  The parameters
+    of ``l_A_net`` and the layers below it learn at ``loclr`` times that rate,
+    the classifier's at the rate itself.
     """
     import lasagne
     import theano
@@ -239,7 +247,17 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate):
     grads = [T.clip(g, -CLIP_GRADIENT, CLIP_GRADIENT) for g in T.grad(cost, params)]
     grads = lasagne.updates.total_norm_constraint(grads, max_norm=MAX_NORM)
     update = {"rmsprop": lasagne.updates.rmsprop, "adam": lasagne.updates.adam}[optimizer]
-    updates = update(grads, params, learning_rate=sh_lr)
+    # One rate (one update rule, as the chapter's, so that its checkpoints
+    # still fit) or two: the classifier's, and the localization network's.
+    groups = [(range(len(params)), sh_lr)]
+    if loclr != 1:
+        localization = set(lasagne.layers.get_all_params(l_A_net, trainable=True))
+        groups = [([k for k, param in enumerate(params) if (param in localization) == in_loc],
+                   rate) for in_loc, rate in ((False, sh_lr), (True, sh_lr * np.float32(loclr)))]
+    updates = OrderedDict()
+    for part, rate in groups:
+        updates.update(update([grads[k] for k in part], [params[k] for k in part],
+                              learning_rate=rate))
     train_fn, eval_fn = compiled.functions([
         ([input_var, target_var], [cost, output_train], updates),
         ([input_var], [output_eval, A_eval], None)])

@@ -101,6 +101,33 @@ def test_initzoom_starts_at_a_centred_crop_and_the_sampling_flags_reach_the_laye
     np.testing.assert_array_equal(l_A_net.b.get_value(), [1, 0, 0, 0, 1, 0])
 
 
+@pytest.mark.parametrize("loclr", [1.0, 0.25])
+def test_loclr_scales_the_localization_networks_steps_only(loclr):
+    # adam's first step moves every parameter whose gradient is not zero by the
+    # rate itself (m / sqrt(v) = g / |g|): A_net by lr * loclr, the classifier by lr.
+    import lasagne
+    import theano
+    l_in, l_out, l_A_net, _ = script.build_model(40, 1, 2.0, theano.shared(np.float32(0)))
+    lr = 1e-3
+    train_fn, _, _ = training.build_functions(l_in.input_var, l_out, l_A_net, "adam",
+                                              lr, loclr)
+    localization = set(lasagne.layers.get_all_params(l_A_net, trainable=True))
+    params = lasagne.layers.get_all_params(l_out, trainable=True)
+    before = [p.get_value() for p in params]
+    rng = np.random.RandomState(0)
+    train_fn(rng.rand(8, 40, 40).astype(np.float32),
+             rng.randint(0, 10, (8, 1)).astype(np.int32))
+    steps = {True: [], False: []}
+    for param, old in zip(params, before):
+        step = np.abs(param.get_value() - old)
+        steps[param in localization].append(step[step > 0])
+    for in_loc, rate in ((True, lr * loclr), (False, lr)):
+        moved = np.concatenate(steps[in_loc])
+        assert moved.size > 100
+        np.testing.assert_allclose(np.median(moved), rate, rtol=1e-3)
+        assert moved.max() <= rate * 1.001
+
+
 def test_epoch_summary_matches_the_saved_transforms_and_boxes(tmp_path, sequences1,
                                                               capsys):
     # 50 test canvases in one batch of 50: the results' last batch is the whole
@@ -341,6 +368,7 @@ def test_a_canvas_too_small_for_the_localization_network_is_refused(tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["-lr", "0"], "argument -lr/--lr: must be a positive number"),
+    (["-loclr", "-1"], "argument -loclr/--loclr: must be a positive number"),
     (["--epochs", "0"], "argument --epochs: must be at least 1"),
     (["--batch-size", "-1"], "argument --batch-size: must be at least 1"),
     (["-optimizer", "sgd"], "argument -optimizer/--optimizer: invalid choice: 'sgd'"),
