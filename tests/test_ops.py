@@ -4,6 +4,7 @@ own code computes (bit for bit; the sum to float32 rounding)."""
 import os
 import subprocess
 import sys
+import sysconfig
 
 import numpy as np
 import pytest
@@ -184,13 +185,16 @@ def test_convolutions_equal_plain_theano_bit_for_bit(tmp_path, plain_compiledir,
     np.savez(tmp_path / "in.npz", x=rng.randn(*x_shape).astype(np.float32),
              w=rng.randn(*w_shape).astype(np.float32))
     flags = os.environ["THEANO_FLAGS"]
-    runs = {"ours": ("import stn\n", dict(PYTHONPATH=ROOT, THEANO_FLAGS=flags)),
-            "plain": ("", dict(PYTHONPATH="", THEANO_FLAGS=flags + ",base_compiledir="
-                               + plain_compiledir))}
-    for name, (prelude, env) in runs.items():
+    # The plain interpreter skips site (-S), so that the venv's stn.pth does not
+    # import stn, and finds the venv's packages through PYTHONPATH.
+    runs = {"ours": ([], "import stn\n", dict(PYTHONPATH=ROOT, THEANO_FLAGS=flags)),
+            "plain": (["-S"], "", dict(PYTHONPATH=sysconfig.get_path("purelib"),
+                                       THEANO_FLAGS=flags + ",base_compiledir="
+                                       + plain_compiledir))}
+    for name, (options, prelude, env) in runs.items():
         code = prelude + CONVOLUTIONS + "\nassert ('stn.ops' in sys.modules) == %r\n" % (
             name == "ours")
-        subprocess.run([sys.executable, "-c", code, str(tmp_path / "in.npz"),
+        subprocess.run([sys.executable] + options + ["-c", code, str(tmp_path / "in.npz"),
                         str(tmp_path / (name + ".npz"))], check=True,
                        cwd=str(tmp_path), env=dict(os.environ, **env))
     ours, plain = np.load(tmp_path / "ours.npz"), np.load(tmp_path / "plain.npz")
