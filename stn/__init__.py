@@ -1,7 +1,8 @@
 """Code shared by the chapter's scripts, one module per concern.
 
 Importing the package sets Theano and Lasagne up (see ``stn.backend``) without
-loading them, so it must come before ``import lasagne``:
+loading them, so it must come before ``import lasagne`` (in the venv that
+``make`` builds, its ``stn.pth`` does that at start-up):
 
     import stn
     import lasagne

@@ -1,11 +1,14 @@
-"""Theano/Lasagne set-up, applied once by ``import stn`` before Theano loads.
+"""Theano/Lasagne set-up: ``import stn`` prepares it, Theano's first import applies it.
 
 PyPI offers only Theano 1.0.5 and Lasagne 0.1, and the two do not work together
 out of the box.  This module makes them work, fast, on a CPU:
 
 * Theano flags: ``floatX=float32``, the best BLAS that can be found and a
   project-local compile cache, each only where the user has not chosen a value
-  in ``THEANO_FLAGS`` or a ``.theanorc`` file.
+  in ``THEANO_FLAGS`` or a ``.theanorc`` file.  They are settled when Theano
+  is first imported, so that ``import stn`` stays cheap and cannot fail: the
+  venv that ``make`` builds imports it at start-up (its ``stn.pth``), and a
+  setting the project cannot run is refused at ``import theano``.
 * glibc's allocator keeps freed memory for reuse (about twice the training
   speed); ``STN_MALLOC_TUNING=0`` turns that off.
 * ``theano.tensor.signal.downsample``, which Lasagne 0.1 imports and Theano 1.0
@@ -17,6 +20,7 @@ out of the box.  This module makes them work, fast, on a CPU:
 import configparser
 import ctypes
 import ctypes.util
+import functools
 import glob
 import hashlib
 import importlib.abc
@@ -92,6 +96,7 @@ BLAS_CALLS = ["%s%s_" % (kind, name) for name in ("gemm", "gemv", "ger", "dot", 
 BLAS_CALLS += ["openblas_set_num_threads", "openblas_get_num_threads"]
 
 
+@functools.lru_cache(maxsize=None)
 def find_blas():
     """Return Theano ``blas.ldflags`` for the best OpenBLAS found, or ''.
 
@@ -122,8 +127,10 @@ def find_blas():
 
 def refuse(message):
     """A set-up the project cannot run: one line on stderr, "prog: error:
-    message", as the scripts' other errors, and exit code 2."""
-    sys.stderr.write("%s: error: %s\n" % (os.path.basename(sys.argv[0]) or "python", message))
+    message", as the scripts' other errors ("python: error:" under ``-c``),
+    and exit code 2."""
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] != "-c" else ""
+    sys.stderr.write("%s: error: %s\n" % (prog or "python", message))
     raise SystemExit(2)
 
 
@@ -155,6 +162,21 @@ def unwritable(path):
         return (e.strerror or str(e)).lower()
 
 
+def blas_chosen():
+    """The BLAS that Theano will use if the user has not chosen one, else ''."""
+    return "" if "blas.ldflags" in user_theano_settings() else find_blas()
+
+
+def thread_defaults():
+    """With our BLAS, Theano's OpenMP ops parallelise over the batch and call
+    BLAS on one thread each: OMP_NUM_THREADS (the cores) and
+    OPENBLAS_NUM_THREADS=1, where unset.  OpenBLAS reads its thread count when
+    it loads, NumPy's own included, so this runs at ``import stn``."""
+    if blas_chosen():
+        os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def theano_flags():
     """Return the THEANO_FLAGS string: the user's flags plus our defaults.
     Exits (``refuse``) on a setting the project cannot run, and says on stderr
@@ -168,16 +190,11 @@ def theano_flags():
     if "compiledir" not in user and "base_compiledir" not in user:
         defaults["base_compiledir"] = compile_cache(PROJECT_DIR)
     if "blas.ldflags" not in user:
-        ldflags = find_blas()
+        ldflags = blas_chosen()
         defaults["blas.ldflags"] = ldflags
-        # Theano's OpenMP ops parallelise over the batch and call BLAS on one
-        # thread each.  OpenMP without a real BLAS kills the interpreter (the
-        # NumPy C-API fallback takes the GIL from worker threads), so never
-        # combine them.
+        # OpenMP without a real BLAS kills the interpreter (the NumPy C-API
+        # fallback takes the GIL from worker threads), so never combine them.
         defaults["openmp"] = str(bool(ldflags))
-        if ldflags:
-            os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-            os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     flags = [os.environ.get("THEANO_FLAGS", "")]
     flags += ["%s=%s" % kv for kv in defaults.items() if kv[0].lower() not in user]
     return ",".join(f for f in flags if f)
@@ -246,6 +263,7 @@ class ShimLoader(importlib.abc.Loader):
 class ShimFinder(importlib.abc.MetaPathFinder):
     """Patch Theano and Lasagne as they are imported, so ``import stn`` stays cheap.
 
+    Theano's flags are set (``theano_flags``) just before it loads;
     ``theano.tensor.signal.downsample`` comes from ``downsample_module`` and,
     once ``lasagne.layers`` has loaded, ``stn.layers.install`` adds the
     TransformerLayer that Lasagne 0.1 lacks; once ``theano`` has, ``stn.ops``
@@ -255,6 +273,8 @@ class ShimFinder(importlib.abc.MetaPathFinder):
     """
 
     def find_spec(self, name, path, target=None):
+        if name == "theano":
+            os.environ["THEANO_FLAGS"] = theano_flags()
         if name == "theano.tensor.signal.downsample":
             return importlib.machinery.ModuleSpec(name, ShimLoader())
         after = {"lasagne.layers": install_layers, "theano.gof.op": stable_cop_version,
@@ -321,7 +341,8 @@ def install_layers(lasagne_layers):
 
 
 def configure():
-    """Apply everything above; must run before Theano is imported."""
+    """Prepare everything above (``ShimFinder`` applies it as Theano and
+    Lasagne load); must run before Theano is imported."""
     global malloc_tuned
     if sys.version_info >= (3, 12):
         refuse("Theano 1.0.5 does not run on Python %d.%d: use Python 3.11 "
@@ -330,7 +351,7 @@ def configure():
     malloc_tuned = tune_malloc()
     filter_noise()
     if "theano" not in sys.modules:
-        os.environ["THEANO_FLAGS"] = theano_flags()
+        thread_defaults()
     if not any(isinstance(f, ShimFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, ShimFinder())
     if "theano.gof.op" in sys.modules:
