@@ -594,10 +594,10 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
             valid_acc = float((valid_preds == dataset["y_valid"]).mean())
             test_acc = float((test_preds == y_test).mean())
             test_seq_acc = float((test_preds == y_test).all(axis=1).mean())
-            line = "Epoch {} Acc Valid {}, Acc Train = {}, Acc Test = {}".format(
+            line = "Epoch {} Acc Valid {:.4f}, Acc Train = {:.4f}, Acc Test = {:.4f}".format(
                 epoch, valid_acc, train_acc, test_acc)
             if num_steps > 1:
-                line += ", Seq Acc Test = {}".format(test_seq_acc)
+                line += ", Seq Acc Test = {:.4f}".format(test_seq_acc)
             print(line)
             stats = localization.summary(test_A, dataset.get("boxes_test"),
                                          *dataset["X_test"].shape[1:])

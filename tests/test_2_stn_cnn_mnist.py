@@ -150,6 +150,10 @@ def test_epoch_summary_matches_the_saved_transforms_and_boxes(tmp_path, sequence
     assert ("Transform: zoom %.2f across, %.2f down, shift %.2f, centred %.0f%%"
             % (zoom_x, zoom_y, shift, 100 * centred)) in out
     for epoch in (0, 1):
+        # The chapter's line, its values to 4 decimals, then the epoch's own.
+        assert "Epoch %d Acc Valid %.4f, Acc Train = %.4f, Acc Test = %.4f\n" % (
+            (epoch,) + tuple(res["history_" + key][epoch]
+                             for key in ("valid_acc", "train_acc", "test_acc"))) in out
         assert "Loss %.4f, lr 0.0003, %.0f s (training %.0f s)" % tuple(
             res["history_" + key][epoch] for key in ("train_loss", "seconds",
                                                     "train_seconds")) in out

@@ -52,10 +52,11 @@ def test_crop_k_of_canvas_i_comes_from_canvas_i():
             np.testing.assert_allclose(crops[i * STEPS + k], expected[0], atol=1e-6)
 
 
-def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences3):
+def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences3, capsys):
     output = str(tmp_path / "res3.npz")
     script.main(data=sequences3, output=output, epochs=1, batch_size=25)
     res = data.load_npz(output)
+    assert (", Seq Acc Test = %.4f\n" % res["history_test_seq_acc"][0]) in capsys.readouterr().out
     assert res["probs"].shape == (75, 10) and res["preds"].shape == (75,)
     assert res["x"].shape == (25, 90, 90) and res["y"].shape == (25, 3)
     assert res["A"].shape == (25, 3, 6)
