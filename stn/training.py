@@ -62,12 +62,14 @@ def add_training_flags(parser, default_output, recipe=None):
     add("-lr", "--lr", type=cli.positive_float, default=0.0005,
         help="learning rate (default: %(default)s)")
     add("-loclr", "--loclr", type=cli.positive_float, default=1.0,
-        help="the localization network (A_net and the layers below it) learns at "
-             "-lr times this; the classifier at -lr (default: %(default)s, one "
-             "rate, the chapter's)")
-    add("-locepochs", "--locepochs", type=cli.nonnegative_int, default=0,
-        help="for this many epochs the classifier too learns at -lr times -loclr, "
-             "so that the transform settles before the classifier speeds up "
+        help="from epoch -ratesepoch on, the localization network (A_net and the "
+             "layers below it) learns at -lr times this (default: %(default)s)")
+    add("-classlr", "--classlr", type=cli.positive_float, default=1.0,
+        help="from epoch -ratesepoch on, the classifier learns at -lr times this "
+             "(default: %(default)s)")
+    add("-ratesepoch", "--ratesepoch", type=cli.nonnegative_int, default=0,
+        help="the epoch from which -loclr and -classlr apply; before it the whole "
+             "network learns at -lr, so that the transform can settle first "
              "(default: %(default)s)")
     add("-decayinterval", "--decayinterval", type=cli.positive_int, default=10,
         help="after -nodecay epochs the learning rate is divided by -decayfac every "
@@ -164,9 +166,9 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
     for flag in BLUR_FLAGS:
         if settings[flag] and not settings["blur"]:
             raise UserError("-%s: acts on the blur, so it needs -blur above 0" % flag)
-    if settings["locepochs"] and settings["loclr"] == 1:
-        raise UserError("-locepochs: acts on the classifier's rate against the "
-                        "localization network's, so it needs -loclr other than 1")
+    if settings["ratesepoch"] and settings["loclr"] == settings["classlr"] == 1:
+        raise UserError("-ratesepoch: the epoch from which -loclr and -classlr apply, "
+                        "so it needs one of them other than 1")
     resume = settings.pop("resume")
     settings["epochs"] = settings["epochs"] or EPOCHS
     settings["script"] = script
@@ -204,8 +206,9 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
     shared = {"dropout": theano.shared(lasagne.utils.floatX(0.0), name="dropout")}
     if settings["blurepochs"] or settings["blurzoom"]:
         shared["blur"] = theano.shared(lasagne.utils.floatX(settings["blur"]), name="blur")
-    if settings["locepochs"]:
-        shared["classlr"] = theano.shared(lasagne.utils.floatX(1.0), name="classlr")
+    if settings["loclr"] != 1 or settings["classlr"] != 1:
+        for name in ("classlr", "loclr"):
+            shared[name] = theano.shared(lasagne.utils.floatX(1.0), name=name)
     num_steps = dataset["y_train"].shape[1]
     l_in, l_out, l_A_net, _ = build_model(
         dim, num_steps, settings["downsample"], shared["dropout"],
@@ -215,7 +218,7 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
     start = time.time()
     train_fn, eval_fn, sh_lr = build_functions(
         l_in.input_var, l_out, l_A_net, settings["optimizer"], settings["lr"],
-        settings["loclr"], shared.get("classlr"))
+        (shared["classlr"], shared["loclr"]) if "loclr" in shared else None)
     print(ready_line(start))
     results = fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=resume)
     print("Results in %s, checkpoint in %s" % (settings["output"],
@@ -231,8 +234,8 @@ def ready_line(compile_start):
         time.time() - compile_start, time.time() - backend.started)
 
 
-def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate, loclr=1.0,
-                    classlr=None):
+def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate,
+                    rate_factors=None):
     """Compile the chapter's functions for a classifier reading ``num_steps`` crops.
 
     ``l_out`` gives (batch * num_steps, 10) class probabilities, sample-major,
@@ -240,9 +243,10 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate, loclr=1
     (batch, 6 * branches) for parallel transformers.  Returns
     ``train_fn(X, y) -> (loss, probs)`` with y of shape (batch, num_steps),
     ``eval_fn(X) -> (probs, A)`` and the shared learning rate.  The parameters
-    of ``l_A_net`` and the layers below it learn at ``loclr`` times that rate,
-    the classifier's at the rate itself, or times the shared variable
-    ``classlr`` (the ``-locepochs`` schedule).
+    With ``rate_factors`` = (classifier's, localization network's), numbers
+    or shared variables, the classifier learns at the rate times the first and
+    the parameters of ``l_A_net`` and the layers below it at the rate times
+    the second; without, the whole network at the rate, as the chapter's.
     """
     import lasagne
     import theano
@@ -261,12 +265,11 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate, loclr=1
     # One rate (one update rule, as the chapter's, so that its checkpoints
     # still fit) or two: the classifier's, and the localization network's.
     groups = [(range(len(params)), sh_lr)]
-    if loclr != 1 or classlr is not None:
+    if rate_factors is not None:
         localization = set(lasagne.layers.get_all_params(l_A_net, trainable=True))
-        rates = ((False, sh_lr if classlr is None else sh_lr * classlr),
-                 (True, sh_lr * np.float32(loclr)))
         groups = [([k for k, param in enumerate(params) if (param in localization) == in_loc],
-                   rate) for in_loc, rate in rates]
+                   sh_lr * T.cast(factor, theano.config.floatX))
+                  for in_loc, factor in zip((False, True), rate_factors)]
     updates = OrderedDict()
     for part, rate in groups:
         updates.update(update([grads[k] for k in part], [params[k] for k in part],
@@ -296,8 +299,8 @@ def scheduled(settings, epoch, zoom=None):
     times ``zoom`` (at most 1), the transform's mean zoom in the last epoch
     (``initzoom`` before the first), so that the blur follows the spacing of
     the sampled points as an anti-aliasing filter should (Jaderberg et al.
-    2015, section 3.4); with ``locepochs``, the classifier's rate factor:
-    ``loclr`` for that many epochs, then 1."""
+    2015, section 3.4); with ``loclr`` or ``classlr``, both rate factors: 1
+    before epoch ``ratesepoch``, theirs from it on."""
     values = {"dropout": settings["dropout"] * min(epoch, DROPOUT_RAMP) / DROPOUT_RAMP}
     if settings.get("blurepochs") or settings.get("blurzoom"):
         values["blur"] = settings["blur"]
@@ -305,8 +308,9 @@ def scheduled(settings, epoch, zoom=None):
         values["blur"] *= max(0.0, 1 - epoch / settings["blurepochs"])
     if settings.get("blurzoom"):
         values["blur"] *= min(1.0, settings["initzoom"] if zoom is None else zoom)
-    if settings.get("locepochs"):
-        values["classlr"] = settings["loclr"] if epoch < settings["locepochs"] else 1.0
+    if settings.get("loclr", 1) != 1 or settings.get("classlr", 1) != 1:
+        for name in ("classlr", "loclr"):
+            values[name] = 1.0 if epoch < settings["ratesepoch"] else settings[name]
     return values
 
 

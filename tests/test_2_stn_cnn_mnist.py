@@ -101,18 +101,19 @@ def test_initzoom_starts_at_a_centred_crop_and_the_sampling_flags_reach_the_laye
     np.testing.assert_array_equal(l_A_net.b.get_value(), [1, 0, 0, 0, 1, 0])
 
 
-@pytest.mark.parametrize("loclr, classlr", [(1.0, None), (0.25, None), (0.25, 0.5)])
-def test_loclr_scales_the_localization_networks_steps_only(loclr, classlr):
+@pytest.mark.parametrize("classlr, loclr", [(None, None), (1.0, 0.25), (3.0, 0.1)])
+def test_rate_factors_scale_the_classifiers_and_the_localizations_steps(classlr, loclr):
     # adam's first step moves every parameter whose gradient is not zero by the
     # rate itself (m / sqrt(v) = g / |g|): A_net by lr * loclr, the classifier
-    # by lr, or lr * classlr (the -locepochs schedule's shared factor).
+    # by lr * classlr (shared variables, as the -ratesepoch schedule sets them).
     import lasagne
     import theano
     l_in, l_out, l_A_net, _ = script.build_model(40, 1, 2.0, theano.shared(np.float32(0)))
     lr = 1e-3
     train_fn, _, _ = training.build_functions(
-        l_in.input_var, l_out, l_A_net, "adam", lr, loclr,
-        None if classlr is None else theano.shared(np.float32(classlr)))
+        l_in.input_var, l_out, l_A_net, "adam", lr,
+        None if loclr is None else (theano.shared(np.float32(classlr)),
+                                    theano.shared(np.float32(loclr))))
     localization = set(lasagne.layers.get_all_params(l_A_net, trainable=True))
     params = lasagne.layers.get_all_params(l_out, trainable=True)
     before = [p.get_value() for p in params]
@@ -123,7 +124,7 @@ def test_loclr_scales_the_localization_networks_steps_only(loclr, classlr):
     for param, old in zip(params, before):
         step = np.abs(param.get_value() - old)
         steps[param in localization].append(step[step > 0])
-    for in_loc, rate in ((True, lr * loclr), (False, lr * (classlr or 1))):
+    for in_loc, rate in ((True, lr * (loclr or 1)), (False, lr * (classlr or 1))):
         moved = np.concatenate(steps[in_loc])
         assert moved.size > 100
         np.testing.assert_allclose(np.median(moved), rate, rtol=1e-3)
@@ -188,11 +189,14 @@ def test_dropout_ramps_up_and_the_blur_fades_by_epoch():
     assert training.scheduled(dict(settings, blurepochs=0), 1) == {"dropout": 0.1}
 
 
-def test_locepochs_hold_the_classifier_at_the_localization_networks_rate():
-    settings = dict(training.default_settings(script.RECIPE), loclr=0.3, locepochs=3)
-    assert [training.scheduled(settings, epoch)["classlr"] for epoch in range(5)] == [
-        0.3, 0.3, 0.3, 1.0, 1.0]
-    assert "classlr" not in training.scheduled(dict(settings, locepochs=0), 0)
+def test_the_rate_factors_apply_from_ratesepoch_on():
+    settings = dict(training.default_settings(script.RECIPE), classlr=3.0, loclr=0.1,
+                    ratesepoch=3)
+    assert [(training.scheduled(settings, epoch)["classlr"],
+             training.scheduled(settings, epoch)["loclr"]) for epoch in range(5)] == [
+        (1.0, 1.0)] * 3 + [(3.0, 0.1)] * 2
+    assert training.scheduled(dict(settings, ratesepoch=0), 0)["loclr"] == 0.1
+    assert "loclr" not in training.scheduled(dict(settings, classlr=1.0, loclr=1.0), 0)
 
 
 def test_a_blur_that_follows_the_zoom(tmp_path, sequences1):
@@ -362,9 +366,9 @@ def test_a_blur_flag_without_blur_is_refused(tmp_path, sequences1, flag, value):
         run(tmp_path, sequences1, blur=0.0, **{flag: value})
 
 
-def test_locepochs_without_loclr_is_refused(tmp_path, sequences1):
-    with pytest.raises(UserError, match="-locepochs: .* needs -loclr other than 1"):
-        run(tmp_path, sequences1, locepochs=2)
+def test_ratesepoch_without_a_rate_factor_is_refused(tmp_path, sequences1):
+    with pytest.raises(UserError, match="-ratesepoch: .* needs one of them other than 1"):
+        run(tmp_path, sequences1, ratesepoch=2)
     assert os.listdir(str(tmp_path)) == []
 
 
@@ -388,6 +392,7 @@ def test_a_canvas_too_small_for_the_localization_network_is_refused(tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["-lr", "0"], "argument -lr/--lr: must be a positive number"),
     (["-loclr", "-1"], "argument -loclr/--loclr: must be a positive number"),
+    (["-classlr", "0"], "argument -classlr/--classlr: must be a positive number"),
     (["--epochs", "0"], "argument --epochs: must be at least 1"),
     (["--batch-size", "-1"], "argument --batch-size: must be at least 1"),
     (["-optimizer", "sgd"], "argument -optimizer/--optimizer: invalid choice: 'sgd'"),
