@@ -6,15 +6,16 @@ out of the box.  This module makes them work, fast, on a CPU:
 * Theano flags: ``floatX=float32``, the best BLAS that can be found and a
   project-local compile cache, each only where the user has not chosen a value
   in ``THEANO_FLAGS`` or a ``.theanorc`` file.  They are settled when Theano
-  is first imported, so that ``import stn`` stays cheap and cannot fail: the
-  venv that ``make`` builds imports it at start-up (its ``stn.pth``), and a
-  setting the project cannot run is refused at ``import theano``.
+  is first imported, so that ``import stn`` stays cheap and fails only on a
+  Python that Theano cannot run: the venv that ``make`` builds imports it at
+  start-up (its ``stn.pth``), and a setting the project cannot run is refused
+  at ``import theano``.
 * glibc's allocator keeps freed memory for reuse (about twice the training
   speed); ``STN_MALLOC_TUNING=0`` turns that off.
 * ``theano.tensor.signal.downsample``, which Lasagne 0.1 imports and Theano 1.0
   removed, is provided as a thin alias of ``theano.tensor.signal.pool``, and
-  ``lasagne.layers.TransformerLayer`` is added where Lasagne lacks it.  Both
-  happen when Theano and Lasagne are imported, so ``import stn`` stays cheap.
+  ``lasagne.layers.TransformerLayer`` is added where Lasagne lacks it, both
+  when Theano and Lasagne are imported.
 * The known deprecation noise of Theano and Lasagne is filtered, by module.
 """
 import configparser
@@ -38,7 +39,8 @@ PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Whether configure() changed the allocator thresholds, for the benchmark.
 malloc_tuned = False
-# When a script imported stn (its first import): start-up times count from here.
+# When stn was first imported (by a script, or by the venv's stn.pth at start-up):
+# start-up times count from here.
 started = time.time()
 
 # glibc mallopt parameters and the values measured to double training speed.
@@ -162,8 +164,9 @@ def unwritable(path):
         return (e.strerror or str(e)).lower()
 
 
-def blas_chosen():
-    """The BLAS that Theano will use if the user has not chosen one, else ''."""
+def default_blas():
+    """The BLAS that the project gives Theano: ``find_blas()``, or '' where the
+    user has chosen one."""
     return "" if "blas.ldflags" in user_theano_settings() else find_blas()
 
 
@@ -172,7 +175,7 @@ def thread_defaults():
     BLAS on one thread each: OMP_NUM_THREADS (the cores) and
     OPENBLAS_NUM_THREADS=1, where unset.  OpenBLAS reads its thread count when
     it loads, NumPy's own included, so this runs at ``import stn``."""
-    if blas_chosen():
+    if default_blas():
         os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -190,7 +193,7 @@ def theano_flags():
     if "compiledir" not in user and "base_compiledir" not in user:
         defaults["base_compiledir"] = compile_cache(PROJECT_DIR)
     if "blas.ldflags" not in user:
-        ldflags = blas_chosen()
+        ldflags = find_blas()
         defaults["blas.ldflags"] = ldflags
         # OpenMP without a real BLAS kills the interpreter (the NumPy C-API
         # fallback takes the GIL from worker threads), so never combine them.
@@ -261,7 +264,7 @@ class ShimLoader(importlib.abc.Loader):
 
 
 class ShimFinder(importlib.abc.MetaPathFinder):
-    """Patch Theano and Lasagne as they are imported, so ``import stn`` stays cheap.
+    """Patch Theano and Lasagne as they are imported.
 
     Theano's flags are set (``theano_flags``) just before it loads;
     ``theano.tensor.signal.downsample`` comes from ``downsample_module`` and,

@@ -29,6 +29,8 @@ EPOCHS = 300           # the chapter's maximum number of epochs
 # The flags of the transformer that both scripts pass to their build_model.
 TRANSFORM_FLAGS = ("initzoom", "blur", "sharp", "supersample")
 BLUR_FLAGS = ("sharp", "blurepochs", "blurzoom")
+# The rate factors of the classifier and of the localization network.
+RATE_FACTORS = ("classlr", "loclr")
 
 
 class Interrupted(UserError):
@@ -166,7 +168,7 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
     for flag in BLUR_FLAGS:
         if settings[flag] and not settings["blur"]:
             raise UserError("-%s: acts on the blur, so it needs -blur above 0" % flag)
-    if settings["ratesepoch"] and settings["loclr"] == settings["classlr"] == 1:
+    if settings["ratesepoch"] and not two_rates(settings):
         raise UserError("-ratesepoch: the epoch from which -loclr and -classlr apply, "
                         "so it needs one of them other than 1")
     resume = settings.pop("resume")
@@ -206,8 +208,8 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
     shared = {"dropout": theano.shared(lasagne.utils.floatX(0.0), name="dropout")}
     if settings["blurepochs"] or settings["blurzoom"]:
         shared["blur"] = theano.shared(lasagne.utils.floatX(settings["blur"]), name="blur")
-    if settings["loclr"] != 1 or settings["classlr"] != 1:
-        for name in ("classlr", "loclr"):
+    if two_rates(settings):
+        for name in RATE_FACTORS:
             shared[name] = theano.shared(lasagne.utils.floatX(1.0), name=name)
     num_steps = dataset["y_train"].shape[1]
     l_in, l_out, l_A_net, _ = build_model(
@@ -218,7 +220,7 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
     start = time.time()
     train_fn, eval_fn, sh_lr = build_functions(
         l_in.input_var, l_out, l_A_net, settings["optimizer"], settings["lr"],
-        (shared["classlr"], shared["loclr"]) if "loclr" in shared else None)
+        tuple(shared[name] for name in RATE_FACTORS) if two_rates(settings) else None)
     print(ready_line(start))
     results = fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=resume)
     print("Results in %s, checkpoint in %s" % (settings["output"],
@@ -242,8 +244,7 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate,
     and ``l_A_net`` the matching (batch * num_steps, 6) transforms, or
     (batch, 6 * branches) for parallel transformers.  Returns
     ``train_fn(X, y) -> (loss, probs)`` with y of shape (batch, num_steps),
-    ``eval_fn(X) -> (probs, A)`` and the shared learning rate.  The parameters
-    With ``rate_factors`` = (classifier's, localization network's), numbers
+    ``eval_fn(X) -> (probs, A)`` and the shared learning rate.  With ``rate_factors`` = (classifier's, localization network's), numbers
     or shared variables, the classifier learns at the rate times the first and
     the parameters of ``l_A_net`` and the layers below it at the rate times
     the second; without, the whole network at the rate, as the chapter's.
@@ -262,14 +263,16 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate,
     grads = [T.clip(g, -CLIP_GRADIENT, CLIP_GRADIENT) for g in T.grad(cost, params)]
     grads = lasagne.updates.total_norm_constraint(grads, max_norm=MAX_NORM)
     update = {"rmsprop": lasagne.updates.rmsprop, "adam": lasagne.updates.adam}[optimizer]
-    # One rate (one update rule, as the chapter's, so that its checkpoints
-    # still fit) or two: the classifier's, and the localization network's.
+    # One rate (one update rule, as the chapter's, so that checkpoints of
+    # one-rate runs still load) or two: the classifier's, and the
+    # localization network's.
     groups = [(range(len(params)), sh_lr)]
     if rate_factors is not None:
-        localization = set(lasagne.layers.get_all_params(l_A_net, trainable=True))
-        groups = [([k for k, param in enumerate(params) if (param in localization) == in_loc],
+        class_factor, loc_factor = rate_factors
+        loc_params = set(lasagne.layers.get_all_params(l_A_net, trainable=True))
+        groups = [([k for k, param in enumerate(params) if (param in loc_params) == in_loc],
                    sh_lr * T.cast(factor, theano.config.floatX))
-                  for in_loc, factor in zip((False, True), rate_factors)]
+                  for in_loc, factor in ((False, class_factor), (True, loc_factor))]
     updates = OrderedDict()
     for part, rate in groups:
         updates.update(update([grads[k] for k in part], [params[k] for k in part],
@@ -308,10 +311,16 @@ def scheduled(settings, epoch, zoom=None):
         values["blur"] *= max(0.0, 1 - epoch / settings["blurepochs"])
     if settings.get("blurzoom"):
         values["blur"] *= min(1.0, settings["initzoom"] if zoom is None else zoom)
-    if settings.get("loclr", 1) != 1 or settings.get("classlr", 1) != 1:
-        for name in ("classlr", "loclr"):
+    if two_rates(settings):
+        for name in RATE_FACTORS:
             values[name] = 1.0 if epoch < settings["ratesepoch"] else settings[name]
     return values
+
+
+def two_rates(settings):
+    """Whether the classifier and the localization network learn at rates of
+    their own (``-classlr`` or ``-loclr`` other than 1)."""
+    return any(settings.get(name, 1) != 1 for name in RATE_FACTORS)
 
 
 def lr_decays(epoch, last_decay, nodecay, decayinterval):
@@ -538,8 +547,9 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
     ``shared`` maps the names of ``scheduled`` settings to the shared
     variables that hold them; ``dataset`` comes from ``data.load_sequences``;
     ``settings`` holds the script's flags (epochs, batch_size, lr,
-    decayinterval, decayfac, nodecay, dropout, blur, blurepochs, patience,
-    train_eval, seed, output, checkpoint, script).
+    decayinterval, decayfac, nodecay, dropout, blur, blurepochs, blurzoom,
+    initzoom, classlr, loclr, ratesepoch, patience, train_eval, seed, output,
+    checkpoint, script).
     """
     X_train, y_train = dataset["X_train"], dataset["y_train"]
     num_steps = y_train.shape[1]
@@ -623,8 +633,12 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
                                          *dataset["X_test"].shape[1:])
             print(localization.describe(stats))
             seconds = time.time() - start_time
-            print("Loss %.4f, lr %.3g, %.0f s (training %.0f s)"
-                  % (train_loss, float(sh_lr.get_value()), seconds, train_seconds))
+            rates = ""
+            if two_rates(settings):
+                rates = " (classifier x%g, localization x%g)" % tuple(
+                    values[name] for name in RATE_FACTORS)
+            print("Loss %.4f, lr %.3g%s, %.0f s (training %.0f s)"
+                  % (train_loss, float(sh_lr.get_value()), rates, seconds, train_seconds))
             sys.stdout.flush()
 
             for key, value in [("epoch", epoch), ("train_loss", train_loss),

@@ -8,7 +8,12 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import stn  # noqa: E402,F401  (Theano set-up before anything imports it)
+import stn  # noqa: E402  (Theano set-up before anything imports it)
+
+# The venv's stn.pth imports the stn of the checkout whose `make` built it.
+assert os.path.dirname(os.path.dirname(os.path.abspath(stn.__file__))) == ROOT, (
+    "these tests would test %s: run them with this checkout's own venv (make test)"
+    % os.path.dirname(stn.__file__))
 
 
 def load_script(filename):

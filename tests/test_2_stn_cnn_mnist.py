@@ -116,6 +116,16 @@ def test_rate_factors_scale_the_classifiers_and_the_localizations_steps(classlr,
                                     theano.shared(np.float32(loclr))))
     localization = set(lasagne.layers.get_all_params(l_A_net, trainable=True))
     params = lasagne.layers.get_all_params(l_out, trainable=True)
+    # The split: A_net and the localization's first convolution on one side,
+    # the classifier's output layer and first convolution on the other.
+    layers = lasagne.layers.get_all_layers(l_out)
+    convs = [layer for layer in layers if isinstance(layer, lasagne.layers.Conv2DLayer)]
+    transformer = next(layer for layer in layers
+                       if isinstance(layer, lasagne.layers.TransformerLayer))
+    loc_conv = convs[0]  # get_all_layers lists the localization network first
+    class_conv = next(c for c in convs if c.input_layer is transformer)
+    assert {l_A_net.W, l_A_net.b, loc_conv.W} <= localization
+    assert not {l_out.W, l_out.b, class_conv.W} & localization
     before = [p.get_value() for p in params]
     rng = np.random.RandomState(0)
     train_fn(rng.rand(8, 40, 40).astype(np.float32),
@@ -220,8 +230,11 @@ def test_lr_schedule_is_the_chapters():
     assert decays == [31, 43, 55, 67]
 
 
-def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, sequences1, monkeypatch):
-    settings = dict(epochs=2, dropout=0.3, blurepochs=2)
+def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, sequences1, monkeypatch,
+                                                        capsys):
+    # With two rates from epoch 1 on: two adam update rules to checkpoint.
+    settings = dict(epochs=2, dropout=0.3, blurepochs=2, classlr=2.0, loclr=0.5,
+                    ratesepoch=1)
     straight, expected = run(tmp_path, sequences1, "a.npz", **settings)
 
     # Press Ctrl-C during the third batch of epoch 0.
@@ -241,7 +254,12 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, sequences1, mo
                        r"2-stn-cnn-mnist.py --resume \S*b.ckpt.npz$"):
         run(tmp_path, sequences1, "b.npz", **settings)
     monkeypatch.setattr(cli.Progress, "update", real_update)
+    capsys.readouterr()
     resumed = script.main(resume=str(tmp_path / "b.ckpt.npz"))
+    epoch_lines = [line for line in capsys.readouterr().out.splitlines()
+                   if line.startswith("Loss ")]
+    assert ["(classifier x1, localization x1)" in epoch_lines[0],
+            "(classifier x2, localization x0.5)" in epoch_lines[1]] == [True, True]
     for key in ("preds", "all_preds", "history_valid_acc", "history_test_acc"):
         np.testing.assert_array_equal(resumed[key], expected[key])
     np.testing.assert_allclose(resumed["history_blur"], [1.5, 0.75])
