@@ -149,7 +149,8 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
     own flags that build_model takes; ``recipe`` its defaults that differ
     from the chapter's.  With ``settings["resume"]``, see ``resumed_settings``."""
     defaults = vars(parser.parse_args([]))
-    unknown = set(settings) - set(defaults)
+    typed = set(settings)
+    unknown = typed - set(defaults)
     if unknown:
         raise TypeError("unknown settings: %s" % ", ".join(sorted(unknown)))
     if settings.get("resume"):
@@ -164,11 +165,11 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
         # Absolute, so that --resume works from any directory.
         for name in ("data", "output", "checkpoint"):
             settings[name] = os.path.abspath(settings[name])
-    # The flags that change how the blur acts do nothing without one.
+    # A flag typed that acts on another left at its default does nothing.
     for flag in BLUR_FLAGS:
-        if settings[flag] and not settings["blur"]:
+        if flag in typed and settings[flag] and not settings["blur"]:
             raise UserError("-%s: acts on the blur, so it needs -blur above 0" % flag)
-    if settings["ratesepoch"] and not two_rates(settings):
+    if "ratesepoch" in typed and settings["ratesepoch"] and not two_rates(settings):
         raise UserError("-ratesepoch: the epoch from which -loclr and -classlr apply, "
                         "so it needs one of them other than 1")
     resume = settings.pop("resume")

@@ -390,6 +390,17 @@ def test_ratesepoch_without_a_rate_factor_is_refused(tmp_path, sequences1):
     assert os.listdir(str(tmp_path)) == []
 
 
+def test_a_recipes_dependent_flag_does_not_refuse_its_partner_typed_off(
+        tmp_path, sequences1, monkeypatch):
+    # Only a typed flag is refused: the recipe's -ratesepoch and -blurepochs
+    # are left alone when the user types the one rate and no blur.
+    monkeypatch.setattr(script, "RECIPE", dict(script.RECIPE, ratesepoch=1, classlr=2.0,
+                                               blurepochs=3))
+    output, _ = run(tmp_path, sequences1, classlr=1.0, blur=0.0)
+    settings = json.loads(str(data.load_npz(output)["settings"]))
+    assert (settings["ratesepoch"], settings["classlr"], settings["blur"]) == (1, 1.0, 0.0)
+
+
 def test_a_history_record_missing_in_two_saves_stays_missing():
     # An old checkpoint resumed, interrupted before its first new epoch ended,
     # saved the missing record as a scalar NaN; resumed again, it gets arrays.
