@@ -34,9 +34,6 @@ from stn import cli, training
 
 DEFAULT_DATA = "mnist_sequence1_sample_8distortions_9x9.npz"
 CREATE_DATA = "python create_mnist_sequence.py --nb_digits 1"
-# The training flags' defaults that differ from the chapter's (see the docstring).
-RECIPE = dict(optimizer="adam", lr=0.0003, batch_size=32, blur=1.5, initzoom=0.65,
-              nodecay=10, decayinterval=2)
 
 
 def build_parser():
@@ -49,7 +46,7 @@ def build_parser():
                              "localization features and crops the canvas, and the "
                              "classifier reads the crops as channels "
                              "(default: %(default)s, the chapter's)")
-    training.add_training_flags(parser, "res_test_2.npz", RECIPE)
+    training.add_training_flags(parser, "res_test_2.npz", training.RECIPE)
     return parser
 
 
@@ -104,7 +101,8 @@ def main(**settings):
     branches=1, ...; see ``--help``); those left out take their defaults.
     """
     return training.run_script("2-stn-cnn-mnist.py", settings, build_parser(),
-                               CREATE_DATA, 1, build_model, ("branches",), RECIPE)
+                               CREATE_DATA, 1, build_model, ("branches",),
+                               training.RECIPE)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,10 @@ EPOCHS = 300           # the chapter's maximum number of epochs
 # The flags of the transformer that both scripts pass to their build_model.
 TRANSFORM_FLAGS = ("initzoom", "blur", "sharp", "supersample")
 BLUR_FLAGS = ("sharp", "blurepochs", "blurzoom")
+# The STN scripts' defaults where they differ from the chapter's: the recipe
+# that makes the transformer localise on 100x100 canvases (docs/localisation.md).
+RECIPE = dict(optimizer="adam", lr=0.0003, batch_size=32, blur=1.5, initzoom=0.65,
+              nodecay=10, decayinterval=2)
 # The rate factors of the classifier and of the localization network.
 RATE_FACTORS = ("classlr", "loclr")
 

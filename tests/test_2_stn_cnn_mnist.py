@@ -36,11 +36,11 @@ def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences1):
     assert os.path.exists(str(tmp_path / "res.ckpt.npz"))
     # Flags left out take the script's recipe, over the chapter's defaults.
     settings = json.loads(str(res["settings"]))
-    assert dict(script.RECIPE, **TINY) == {key: settings[key]
-                                          for key in set(script.RECIPE) | set(TINY)}
+    assert dict(training.RECIPE, **TINY) == {key: settings[key]
+                                          for key in set(training.RECIPE) | set(TINY)}
     assert settings["dropout"] == 0.0 and settings["downsample"] == 3.0
     args = vars(script.build_parser().parse_args([]))
-    assert {key: args[key] for key in script.RECIPE} == script.RECIPE
+    assert {key: args[key] for key in training.RECIPE} == training.RECIPE
 
 
 def test_a_crop_that_is_not_square(tmp_path, sequences1):
@@ -200,7 +200,7 @@ def test_dropout_ramps_up_and_the_blur_fades_by_epoch():
 
 
 def test_the_rate_factors_apply_from_ratesepoch_on():
-    settings = dict(training.default_settings(script.RECIPE), classlr=3.0, loclr=0.1,
+    settings = dict(training.default_settings(training.RECIPE), classlr=3.0, loclr=0.1,
                     ratesepoch=3)
     assert [(training.scheduled(settings, epoch)["classlr"],
              training.scheduled(settings, epoch)["loclr"]) for epoch in range(5)] == [
@@ -394,7 +394,7 @@ def test_a_recipes_dependent_flag_does_not_refuse_its_partner_typed_off(
         tmp_path, sequences1, monkeypatch):
     # Only a typed flag is refused: the recipe's -ratesepoch and -blurepochs
     # are left alone when the user types the one rate and no blur.
-    monkeypatch.setattr(script, "RECIPE", dict(script.RECIPE, ratesepoch=1, classlr=2.0,
+    monkeypatch.setattr(training, "RECIPE", dict(training.RECIPE, ratesepoch=1, classlr=2.0,
                                                blurepochs=3))
     output, _ = run(tmp_path, sequences1, classlr=1.0, blur=0.0)
     settings = json.loads(str(data.load_npz(output)["settings"]))

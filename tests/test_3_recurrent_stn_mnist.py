@@ -1,11 +1,13 @@
 """3-recurrent-stn-mnist.py: step ordering of the transforms and crops, a short run."""
+import json
+
 import lasagne
 import numpy as np
 import theano
 import theano.tensor as T
 
 from conftest import load_script
-from stn import data
+from stn import data, training
 from stn.layers import affine_transform
 
 script = load_script("3-recurrent-stn-mnist.py")
@@ -64,7 +66,11 @@ def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences3, capsys):
     assert len(res["history_test_seq_acc"]) == 1
     # One zoom and centred share per step, each centred share a fraction of 50.
     assert res["history_zoom_y"].shape == res["history_centred"].shape == (1, 3)
-    np.testing.assert_allclose(res["history_zoom_y"], 1.0, atol=0.2)
+    # The STN scripts' recipe: the transforms start as a centred 0.65 crop.
+    settings = json.loads(str(res["settings"]))
+    assert {key: settings[key] for key in training.RECIPE if key != "batch_size"} == {
+        key: value for key, value in training.RECIPE.items() if key != "batch_size"}
+    np.testing.assert_allclose(res["history_zoom_y"], training.RECIPE["initzoom"], atol=0.2)
     np.testing.assert_allclose(res["history_centred"] * 50,
                                np.round(res["history_centred"] * 50), atol=1e-9)
     plot = load_script("plot_crops.py")
