@@ -249,8 +249,9 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate,
     and ``l_A_net`` the matching (batch * num_steps, 6) transforms, or
     (batch, 6 * branches) for parallel transformers.  Returns
     ``train_fn(X, y) -> (loss, probs)`` with y of shape (batch, num_steps),
-    ``eval_fn(X) -> (probs, A)`` and the shared learning rate.  With ``rate_factors`` = (classifier's, localization network's), numbers
-    or shared variables, the classifier learns at the rate times the first and
+    ``eval_fn(X) -> (probs, A)`` and the shared learning rate.  With
+    ``rate_factors`` = (classifier's, localization network's), numbers or
+    shared variables, the classifier learns at the rate times the first and
     the parameters of ``l_A_net`` and the layers below it at the rate times
     the second; without, the whole network at the rate, as the chapter's.
     """

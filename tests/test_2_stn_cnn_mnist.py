@@ -37,7 +37,7 @@ def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences1):
     # Flags left out take the script's recipe, over the chapter's defaults.
     settings = json.loads(str(res["settings"]))
     assert dict(training.RECIPE, **TINY) == {key: settings[key]
-                                          for key in set(training.RECIPE) | set(TINY)}
+                                            for key in set(training.RECIPE) | set(TINY)}
     assert settings["dropout"] == 0.0 and settings["downsample"] == 3.0
     args = vars(script.build_parser().parse_args([]))
     assert {key: args[key] for key in training.RECIPE} == training.RECIPE
@@ -258,8 +258,8 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, sequences1, mo
     resumed = script.main(resume=str(tmp_path / "b.ckpt.npz"))
     epoch_lines = [line for line in capsys.readouterr().out.splitlines()
                    if line.startswith("Loss ")]
-    assert ["(classifier x1, localization x1)" in epoch_lines[0],
-            "(classifier x2, localization x0.5)" in epoch_lines[1]] == [True, True]
+    assert "(classifier x1, localization x1)" in epoch_lines[0]
+    assert "(classifier x2, localization x0.5)" in epoch_lines[1]
     for key in ("preds", "all_preds", "history_valid_acc", "history_test_acc"):
         np.testing.assert_array_equal(resumed[key], expected[key])
     np.testing.assert_allclose(resumed["history_blur"], [1.5, 0.75])
@@ -395,7 +395,7 @@ def test_a_recipes_dependent_flag_does_not_refuse_its_partner_typed_off(
     # Only a typed flag is refused: the recipe's -ratesepoch and -blurepochs
     # are left alone when the user types the one rate and no blur.
     monkeypatch.setattr(training, "RECIPE", dict(training.RECIPE, ratesepoch=1, classlr=2.0,
-                                               blurepochs=3))
+                                                 blurepochs=3))
     output, _ = run(tmp_path, sequences1, classlr=1.0, blur=0.0)
     settings = json.loads(str(data.load_npz(output)["settings"]))
     assert (settings["ratesepoch"], settings["classlr"], settings["blur"]) == (1, 1.0, 0.0)
