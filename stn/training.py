@@ -5,6 +5,7 @@ and ``fit`` runs its epoch loop: dropout ramp, learning-rate decay, early
 stopping, the per-epoch line, the results file, and a checkpoint after every
 epoch (and on Ctrl-C) that ``--resume`` continues exactly.
 """
+import functools
 import json
 from collections import OrderedDict
 import math
@@ -86,6 +87,11 @@ def add_training_flags(parser, default_output, recipe=None):
         help="epochs before the first decay (default: %(default)s)")
     add("-optimizer", "--optimizer", choices=("rmsprop", "adam"), default="rmsprop",
         help="update rule (default: %(default)s)")
+    add("-epsilon", "--epsilon", type=cli.positive_float, default=None,
+        help="the update rule's epsilon: adam adds it to the root of its "
+             "squared-gradient average, Lasagne 0.1's rmsprop inside the root; "
+             "a larger one damps the steps of parameters whose gradients are "
+             "smaller (default: Lasagne's, 1e-8 for adam, 1e-6 for rmsprop)")
     add("-dropout", "--dropout", type=cli.probability, default=0.0,
         help="dropout before the dense layers, ramped up over epochs 0-4 "
              "(default: %(default)s)")
@@ -225,7 +231,8 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
     start = time.time()
     train_fn, eval_fn, sh_lr = build_functions(
         l_in.input_var, l_out, l_A_net, settings["optimizer"], settings["lr"],
-        tuple(shared[name] for name in RATE_FACTORS) if two_rates(settings) else None)
+        tuple(shared[name] for name in RATE_FACTORS) if two_rates(settings) else None,
+        settings["epsilon"])
     print(ready_line(start))
     results = fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=resume)
     print("Results in %s, checkpoint in %s" % (settings["output"],
@@ -242,7 +249,7 @@ def ready_line(compile_start):
 
 
 def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate,
-                    rate_factors=None):
+                    rate_factors=None, epsilon=None):
     """Compile the chapter's functions for a classifier reading ``num_steps`` crops.
 
     ``l_out`` gives (batch * num_steps, 10) class probabilities, sample-major,
@@ -254,6 +261,10 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate,
     shared variables, the classifier learns at the rate times the first and
     the parameters of ``l_A_net`` and the layers below it at the rate times
     the second; without, the whole network at the rate, as the chapter's.
+    ``epsilon``, if given, replaces the update rule's own: Lasagne's adam
+    steps by its bias-corrected rate times m / (sqrt(v) + epsilon), its
+    rmsprop by rate * g / sqrt(v + epsilon), with m and v the running means
+    of the gradient and of its square.
     """
     import lasagne
     import theano
@@ -269,6 +280,8 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate,
     grads = [T.clip(g, -CLIP_GRADIENT, CLIP_GRADIENT) for g in T.grad(cost, params)]
     grads = lasagne.updates.total_norm_constraint(grads, max_norm=MAX_NORM)
     update = {"rmsprop": lasagne.updates.rmsprop, "adam": lasagne.updates.adam}[optimizer]
+    if epsilon is not None:
+        update = functools.partial(update, epsilon=epsilon)
     # One rate (one update rule, as the chapter's, so that checkpoints of
     # one-rate runs still load) or two: the classifier's, and the
     # localization network's.

@@ -101,6 +101,34 @@ def test_initzoom_starts_at_a_centred_crop_and_the_sampling_flags_reach_the_laye
     np.testing.assert_array_equal(l_A_net.b.get_value(), [1, 0, 0, 0, 1, 0])
 
 
+def test_epsilon_reaches_the_update_rule():
+    # adam's first step is lr * |g| / (|g| + c * epsilon), with c fixed by the
+    # betas: the step s1 taken with epsilon e1 gives c * e1 = |g| (lr / s1 - 1),
+    # so from the same start, epsilon e2 = r * e1 must step by
+    # s2 = lr / (1 + r (lr / s1 - 1)), whatever the gradient.
+    import lasagne
+    import theano
+    lr, e1, ratio = 1e-2, 1e-4, 4.0
+    rng = np.random.RandomState(0)
+    X, y = rng.rand(8, 40, 40).astype(np.float32), rng.randint(0, 10, (8, 1)).astype(np.int32)
+    steps = []
+    for epsilon in (e1, e1 * ratio):
+        lasagne.random.set_rng(np.random.RandomState(1))
+        l_in, l_out, l_A_net, _ = script.build_model(40, 1, 2.0, theano.shared(np.float32(0)))
+        params = lasagne.layers.get_all_params(l_out, trainable=True)
+        train_fn, _, _ = training.build_functions(l_in.input_var, l_out, l_A_net, "adam", lr,
+                                                  epsilon=epsilon)
+        before = [p.get_value() for p in params]
+        train_fn(X, y)
+        steps.append(np.concatenate([np.abs(p.get_value() - old).ravel()
+                                     for p, old in zip(params, before)]))
+    s1, s2 = steps
+    damped = (s1 > 0.1 * lr) & (s1 < 0.9 * lr)
+    assert damped.sum() > 100
+    np.testing.assert_allclose(s2[damped], lr / (1 + ratio * (lr / s1[damped] - 1)), rtol=1e-2)
+    assert np.median(s2[damped]) < 0.9 * np.median(s1[damped])
+
+
 @pytest.mark.parametrize("classlr, loclr", [(None, None), (1.0, 0.25), (3.0, 0.1)])
 def test_rate_factors_scale_the_classifiers_and_the_localizations_steps(classlr, loclr):
     # adam's first step moves every parameter whose gradient is not zero by the
