@@ -129,6 +129,19 @@ def test_epsilon_reaches_the_update_rule():
     assert np.median(s2[damped]) < 0.9 * np.median(s1[damped])
 
 
+@pytest.mark.parametrize("epsilon", [None, 1e-4])
+def test_the_epsilon_flag_reaches_build_functions(tmp_path, sequences1, monkeypatch, epsilon):
+    class Built(Exception):
+        pass
+
+    def built(*args):
+        raise Built(args[6])
+    monkeypatch.setattr(training, "build_functions", built)
+    with pytest.raises(Built) as caught:
+        run(tmp_path, sequences1, **({} if epsilon is None else {"epsilon": epsilon}))
+    assert caught.value.args[0] == epsilon
+
+
 @pytest.mark.parametrize("classlr, loclr", [(None, None), (1.0, 0.25), (3.0, 0.1)])
 def test_rate_factors_scale_the_classifiers_and_the_localizations_steps(classlr, loclr):
     # adam's first step moves every parameter whose gradient is not zero by the
@@ -460,6 +473,7 @@ def test_a_canvas_too_small_for_the_localization_network_is_refused(tmp_path):
     (["-blur", "-1"], "argument -blur/--blur: must be 0 or more"),
     (["-supersample", "0"], "argument -supersample/--supersample: must be at least 1"),
     (["-initzoom", "0"], "argument -initzoom/--initzoom: must be a positive number"),
+    (["-epsilon", "0"], "argument -epsilon/--epsilon: must be a positive number"),
     (["--output", "/no/such/dir/res.npz"], "--output /no/such/dir/res.npz: the "
                                            "directory /no/such/dir does not exist"),
 ])
