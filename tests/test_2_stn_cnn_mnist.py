@@ -1,4 +1,5 @@
 """2-stn-cnn-mnist.py: a real short run, its results file, faults and resume."""
+import inspect
 import json
 import os
 import signal
@@ -134,8 +135,10 @@ def test_the_epsilon_flag_reaches_build_functions(tmp_path, sequences1, monkeypa
     class Built(Exception):
         pass
 
-    def built(*args):
-        raise Built(args[6])
+    signature = inspect.signature(training.build_functions)
+
+    def built(*args, **kwargs):
+        raise Built(signature.bind(*args, **kwargs).arguments.get("epsilon"))
     monkeypatch.setattr(training, "build_functions", built)
     with pytest.raises(Built) as caught:
         run(tmp_path, sequences1, **({} if epsilon is None else {"epsilon": epsilon}))
