@@ -76,7 +76,6 @@ def build_functions(learning_rate):
     """The chapter's network and its functions: ``train_fn(X, y) -> loss`` (one
     nesterov momentum step) and ``val_fn(X, y) -> (loss, correct count)``."""
     import lasagne
-    import theano
     import theano.tensor as T
     import mnist_cnn
     from stn import compiled

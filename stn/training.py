@@ -19,7 +19,7 @@ import numpy as np
 from . import backend, cli, compiled, data, localization
 from .errors import UserError
 
-EPSILON = 1e-5         # added to the softmax output before the log, as the chapter
+LOG_EPSILON = 1e-5     # added to the softmax output before the log, as the chapter
 CLIP_GRADIENT = 1.0    # each gradient element is clipped to +-1 ...
 MAX_NORM = 5.0         # ... then all of them rescaled to a total norm of at most 5
 DROPOUT_RAMP = 4       # dropout grows linearly to its value over epochs 0-4
@@ -274,7 +274,7 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate,
     output_train = lasagne.layers.get_output(l_out, input_var, deterministic=False)
     output_eval, A_eval = lasagne.layers.get_output([l_out, l_A_net], input_var,
                                                     deterministic=True)
-    cost = T.mean(T.nnet.categorical_crossentropy(output_train + EPSILON,
+    cost = T.mean(T.nnet.categorical_crossentropy(output_train + LOG_EPSILON,
                                                   target_var.flatten()))
     params = lasagne.layers.get_all_params(l_out, trainable=True)
     grads = [T.clip(g, -CLIP_GRADIENT, CLIP_GRADIENT) for g in T.grad(cost, params)]

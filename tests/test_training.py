@@ -1,0 +1,126 @@
+"""The training loop's parts (stn/training.py): update rules, rates, schedules, history."""
+import numpy as np
+import pytest
+
+from conftest import load_script
+from stn import training
+
+stn_script = load_script("2-stn-cnn-mnist.py")
+
+
+def first_steps(optimizer, lr, epsilon=None, rate_factors=None):
+    """One training step of a small STN (40x40 canvases) on a fixed random batch,
+    from a fixed start.  Returns its ``l_out``, ``l_A_net`` and the absolute
+    change of each trainable parameter, in get_all_params order."""
+    import lasagne
+    import theano
+    lasagne.random.set_rng(np.random.RandomState(1))
+    l_in, l_out, l_A_net, _ = stn_script.build_model(40, 1, 2.0, theano.shared(np.float32(0)))
+    params = lasagne.layers.get_all_params(l_out, trainable=True)
+    if rate_factors is not None:
+        rate_factors = tuple(theano.shared(np.float32(f)) for f in rate_factors)
+    train_fn, _, _ = training.build_functions(l_in.input_var, l_out, l_A_net, optimizer, lr,
+                                              rate_factors, epsilon=epsilon)
+    before = [p.get_value() for p in params]
+    rng = np.random.RandomState(0)
+    train_fn(rng.rand(8, 40, 40).astype(np.float32),
+             rng.randint(0, 10, (8, 1)).astype(np.int32))
+    return l_out, l_A_net, [np.abs(p.get_value() - old) for p, old in zip(params, before)]
+
+
+def all_steps(*args, **kwargs):
+    return np.concatenate([step.ravel() for step in first_steps(*args, **kwargs)[2]])
+
+
+def test_adams_epsilon_reaches_the_update_rule():
+    # adam's first step is lr * |g| / (|g| + c * epsilon), with c fixed by the
+    # betas: the step s1 taken with epsilon e1 gives c * e1 = |g| (lr / s1 - 1),
+    # so from the same start, epsilon e2 = r * e1 must step by
+    # s2 = lr / (1 + r (lr / s1 - 1)), whatever the gradient.
+    lr, e1, ratio = 1e-2, 1e-4, 4.0
+    s1, s2 = (all_steps("adam", lr, e) for e in (e1, e1 * ratio))
+    damped = (s1 > 0.1 * lr) & (s1 < 0.9 * lr)
+    assert damped.sum() > 100
+    np.testing.assert_allclose(s2[damped], lr / (1 + ratio * (lr / s1[damped] - 1)), rtol=1e-2)
+
+
+def test_rmsprops_epsilon_sits_inside_the_root():
+    # Lasagne's rmsprop (rho 0.9) first steps by lr * |g| / sqrt(0.1 g^2 + epsilon):
+    # the step s1 taken with epsilon e1 gives g^2 = s1^2 e1 / (lr^2 - 0.1 s1^2),
+    # and from it the step that epsilon e2 = r * e1 must take.
+    lr, e1, ratio = 1e-3, 1e-6, 4.0
+    s1, s2 = (all_steps("rmsprop", lr, e) for e in (e1, e1 * ratio))
+    largest = lr / np.sqrt(0.1)          # the step of a gradient far above the floor
+    damped = (s1 > 0.1 * largest) & (s1 < 0.9 * largest)
+    assert damped.sum() > 100
+    g2 = s1[damped] ** 2 * e1 / (lr ** 2 - 0.1 * s1[damped] ** 2)
+    np.testing.assert_allclose(s2[damped], lr * np.sqrt(g2 / (0.1 * g2 + ratio * e1)),
+                               rtol=1e-2)
+
+
+@pytest.mark.parametrize("classlr, loclr", [(None, None), (1.0, 0.25), (3.0, 0.1)])
+def test_rate_factors_scale_the_classifiers_and_the_localizations_steps(classlr, loclr):
+    # adam's first step moves every parameter whose gradient is not zero by the
+    # rate itself (m / sqrt(v) = g / |g|): A_net by lr * loclr, the classifier
+    # by lr * classlr (shared variables, as the -ratesepoch schedule sets them).
+    import lasagne
+    lr = 1e-3
+    l_out, l_A_net, steps = first_steps(
+        "adam", lr, rate_factors=None if loclr is None else (classlr, loclr))
+    localization = set(lasagne.layers.get_all_params(l_A_net, trainable=True))
+    params = lasagne.layers.get_all_params(l_out, trainable=True)
+    # The split: A_net and the localization's first convolution on one side,
+    # the classifier's output layer and first convolution on the other.
+    layers = lasagne.layers.get_all_layers(l_out)
+    convs = [layer for layer in layers if isinstance(layer, lasagne.layers.Conv2DLayer)]
+    transformer = next(layer for layer in layers
+                       if isinstance(layer, lasagne.layers.TransformerLayer))
+    loc_conv = convs[0]  # get_all_layers lists the localization network first
+    class_conv = next(c for c in convs if c.input_layer is transformer)
+    assert {l_A_net.W, l_A_net.b, loc_conv.W} <= localization
+    assert not {l_out.W, l_out.b, class_conv.W} & localization
+    moved = {True: [], False: []}
+    for param, step in zip(params, steps):
+        moved[param in localization].append(step[step > 0])
+    for in_loc, rate in ((True, lr * (loclr or 1)), (False, lr * (classlr or 1))):
+        taken = np.concatenate(moved[in_loc])
+        assert taken.size > 100
+        np.testing.assert_allclose(np.median(taken), rate, rtol=1e-3)
+        assert taken.max() <= rate * 1.001
+
+
+def test_dropout_ramps_up_and_the_blur_fades_by_epoch():
+    settings = dict(dropout=0.4, blur=1.5, blurepochs=3)
+    values = [training.scheduled(settings, e) for e in (0, 1, 3, 5)]
+    assert [v["dropout"] for v in values] == pytest.approx([0.0, 0.1, 0.3, 0.4])
+    assert [v["blur"] for v in values] == pytest.approx([1.5, 1.0, 0.0, 0.0])
+    assert training.scheduled(dict(settings, blurepochs=0), 1) == {"dropout": 0.1}
+
+
+def test_the_rate_factors_apply_from_ratesepoch_on():
+    settings = dict(training.default_settings(training.RECIPE), classlr=3.0, loclr=0.1,
+                    ratesepoch=3)
+    assert [(training.scheduled(settings, epoch)["classlr"],
+             training.scheduled(settings, epoch)["loclr"]) for epoch in range(5)] == [
+        (1.0, 1.0)] * 3 + [(3.0, 0.1)] * 2
+    assert training.scheduled(dict(settings, ratesepoch=0), 0)["loclr"] == 0.1
+    assert "loclr" not in training.scheduled(dict(settings, classlr=1.0, loclr=1.0), 0)
+
+
+def test_lr_schedule_is_the_chapters():
+    decays, last = [], -10**9
+    for epoch in range(70):
+        if training.lr_decays(epoch, last, nodecay=30, decayinterval=10):
+            decays.append(epoch)
+            last = epoch
+    assert decays == [31, 43, 55, 67]
+
+
+def test_a_history_record_missing_in_two_saves_stays_missing():
+    # An old checkpoint resumed, interrupted before its first new epoch ended,
+    # saved the missing record as a scalar NaN; resumed again, it gets arrays.
+    run = training.Run(training.default_settings())
+    run.history["watch_A"] = [None, float("nan"), np.ones((6, 1, 6))]
+    watched = run.history_arrays()["history_watch_A"]
+    assert watched.shape == (3, 6, 1, 6)
+    assert np.isnan(watched[:2]).all() and (watched[2] == 1).all()
