@@ -88,10 +88,12 @@ def add_training_flags(parser, default_output, recipe=None):
     add("-optimizer", "--optimizer", choices=("rmsprop", "adam"), default="rmsprop",
         help="update rule (default: %(default)s)")
     add("-epsilon", "--epsilon", type=cli.positive_float, default=None,
-        help="the update rule's epsilon: adam adds it to the root of its "
-             "squared-gradient average, Lasagne 0.1's rmsprop inside the root; "
-             "a larger one damps the steps of parameters whose gradients are "
-             "smaller (default: Lasagne's, 1e-8 for adam, 1e-6 for rmsprop)")
+        help="the update rule's epsilon, a floor under the root of the "
+             "squared-gradient average that each step is divided by: adam adds "
+             "it to the root (a floor of E), Lasagne's rmsprop inside it (a floor "
+             "of sqrt(E)); parameters whose gradients are smaller than the floor "
+             "take damped steps (default: Lasagne's, 1e-8 for adam, 1e-6 for "
+             "rmsprop)")
     add("-dropout", "--dropout", type=cli.probability, default=0.0,
         help="dropout before the dense layers, ramped up over epochs 0-4 "
              "(default: %(default)s)")
