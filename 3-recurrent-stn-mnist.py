@@ -11,14 +11,17 @@ Reads mnist_sequence3_sample_8distortions_9x9.npz (create it with
 checkpoint after every epoch; the flags, and the recipe they default to (adam at
 lr 0.0003 on minibatches of 32, the canvas blurred by sigma 1.5 pixels on its
 way into the sampler, the transforms starting as a centred crop of 0.65 of the
-canvas), are those of 2-stn-cnn-mnist.py:
+canvas, the learning rate divided by 1.5 at epochs 11, 15, 19, ...), are those of
+2-stn-cnn-mnist.py:
 
     python 3-recurrent-stn-mnist.py
     python plot_crops.py res_test_3.npz
 
 Each epoch prints the per-digit accuracy (the chapter's "Acc") and the sequence
 accuracy (all three digits right).  It reads canvases of N digits with N steps
-(the chapter's: 3).  Measured figures: docs/recurrent.md.
+(the chapter's: 3).  With `--seed 1 --epochs 20` it read 97.77% of the test
+digits at epoch 17, the crops zoomed to 0.28 across and 0.39 down (2.7 hours on
+2 cores shared with another run); the measurements: docs/recurrent.md.
 """
 from stn import cli, training
 
