@@ -29,6 +29,7 @@ def first_steps(optimizer, lr, epsilon=None, rate_factors=None):
 
 
 def all_steps(*args, **kwargs):
+    """first_steps' changes of all the parameters, as one flat array."""
     return np.concatenate([step.ravel() for step in first_steps(*args, **kwargs)[2]])
 
 
