@@ -92,8 +92,8 @@ def add_training_flags(parser, default_output, recipe=None):
              "squared-gradient average that each step is divided by: adam adds "
              "it to the root (a floor of E), Lasagne's rmsprop inside it (a floor "
              "of sqrt(E)); parameters whose gradients are smaller than the floor "
-             "take damped steps (default: Lasagne's, 1e-8 for adam, 1e-6 for "
-             "rmsprop)")
+             "take damped steps (default: %(default)s; None is Lasagne's, 1e-8 "
+             "for adam, 1e-6 for rmsprop)")
     add("-dropout", "--dropout", type=cli.probability, default=0.0,
         help="dropout before the dense layers, ramped up over epochs 0-4 "
              "(default: %(default)s)")

@@ -37,11 +37,12 @@ def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences1):
     assert os.path.exists(str(tmp_path / "res.ckpt.npz"))
     # Flags left out take the script's recipe, over the chapter's defaults.
     settings = json.loads(str(res["settings"]))
-    assert dict(training.RECIPE, **TINY) == {key: settings[key]
-                                            for key in set(training.RECIPE) | set(TINY)}
+    assert dict(script.RECIPE, **TINY) == {key: settings[key]
+                                          for key in set(script.RECIPE) | set(TINY)}
     assert settings["dropout"] == 0.0 and settings["downsample"] == 3.0
+    assert settings["epsilon"] == 1e-4 and not settings["classdropout"]
     args = vars(script.build_parser().parse_args([]))
-    assert {key: args[key] for key in training.RECIPE} == training.RECIPE
+    assert {key: args[key] for key in script.RECIPE} == script.RECIPE
 
 
 def test_a_crop_that_is_not_square(tmp_path, sequences1):
@@ -102,8 +103,25 @@ def test_initzoom_starts_at_a_centred_crop_and_the_sampling_flags_reach_the_laye
     np.testing.assert_array_equal(l_A_net.b.get_value(), [1, 0, 0, 0, 1, 0])
 
 
-@pytest.mark.parametrize("epsilon", [None, 1e-4])
-def test_the_epsilon_flag_reaches_build_functions(tmp_path, sequences1, monkeypatch, epsilon):
+@pytest.mark.parametrize("classdropout", [False, True])
+def test_classdropout_leaves_the_localization_network_without_dropout(classdropout):
+    import lasagne
+    import theano
+    l_in, l_out, l_A_net, _ = script.build_model(
+        60, 1, 3.0, theano.shared(np.float32(0.5)), classdropout=classdropout)
+    # A_net's weights start at zero; random ones let its input's dropout show.
+    rng = np.random.RandomState(0)
+    l_A_net.W.set_value(rng.normal(0, 0.1, l_A_net.W.get_value().shape).astype(np.float32))
+    canvases = {l_in.input_var: rng.rand(4, 60, 60).astype(np.float32)}
+    for layer, dropped in [(l_A_net, not classdropout), (l_out, True)]:
+        trained = lasagne.layers.get_output(layer).eval(canvases)
+        deterministic = lasagne.layers.get_output(layer, deterministic=True).eval(canvases)
+        assert np.allclose(trained, deterministic) != dropped
+
+
+@pytest.mark.parametrize("argv, epsilon", [([], 1e-4), (["-epsilon", "1e-6"], 1e-6)])
+def test_the_epsilon_flag_reaches_build_functions(tmp_path, sequences1, monkeypatch, argv,
+                                                  epsilon):
     class Built(Exception):
         pass
 
@@ -112,7 +130,6 @@ def test_the_epsilon_flag_reaches_build_functions(tmp_path, sequences1, monkeypa
     def built(*args, **kwargs):
         raise Built(signature.bind(*args, **kwargs).arguments.get("epsilon"))
     monkeypatch.setattr(training, "build_functions", built)
-    argv = [] if epsilon is None else ["-epsilon", str(epsilon)]
     with pytest.raises(Built) as caught:
         run(tmp_path, sequences1, **vars(cli.given(script.build_parser(), argv)))
     assert caught.value.args[0] == epsilon
@@ -344,8 +361,8 @@ def test_a_recipes_dependent_flag_does_not_refuse_its_partner_typed_off(
         tmp_path, sequences1, monkeypatch):
     # Only a typed flag is refused: the recipe's -ratesepoch and -blurepochs
     # are left alone when the user types the one rate and no blur.
-    monkeypatch.setattr(training, "RECIPE", dict(training.RECIPE, ratesepoch=1, classlr=2.0,
-                                                 blurepochs=3))
+    monkeypatch.setattr(script, "RECIPE", dict(script.RECIPE, ratesepoch=1, classlr=2.0,
+                                               blurepochs=3))
     output, _ = run(tmp_path, sequences1, classlr=1.0, blur=0.0)
     settings = json.loads(str(data.load_npz(output)["settings"]))
     assert (settings["ratesepoch"], settings["classlr"], settings["blur"]) == (1, 1.0, 0.0)
