@@ -31,12 +31,13 @@ See README.md for the measured accuracy and time on a 2-core machine, and
 docs/localisation.md for how the recipe was found.
 """
 from stn import cli, training
+from stn.errors import UserError
 
 DEFAULT_DATA = "mnist_sequence1_sample_8distortions_9x9.npz"
 CREATE_DATA = "python create_mnist_sequence.py --nb_digits 1"
-# The shared recipe, with adam's epsilon raised from Lasagne's 1e-8: with 1e-8,
-# 2 of 13 seeds lost every crop off the canvas in their first epoch, with 1e-4
-# none of 14 (docs/localisation.md, "A first epoch that goes dead").
+# The shared recipe, with adam's epsilon raised from Lasagne's 1e-8, at which
+# some seeds throw every crop off the canvas in their first epoch
+# (docs/localisation.md, "A first epoch that goes dead").
 RECIPE = dict(training.RECIPE, epsilon=1e-4)
 
 
@@ -52,9 +53,8 @@ def build_parser():
                              "(default: %(default)s, the chapter's)")
     parser.add_argument("-classdropout", "--classdropout", action="store_true",
                         help="-dropout in the classifier only, not before the "
-                             "localization network's dense layer, so that it "
-                             "does not jitter the transform (default: off, both "
-                             "networks, the chapter's)")
+                             "localization network's dense layer (default: off, "
+                             "both networks, the chapter's)")
     training.add_training_flags(parser, "res_test_2.npz", RECIPE)
     return parser
 
@@ -111,6 +111,8 @@ def main(**settings):
     ``settings`` are the flags by name (data=..., output=..., lr=0.0003,
     branches=1, ...; see ``--help``); those left out take their defaults.
     """
+    if settings.get("classdropout") and not settings.get("dropout"):
+        raise UserError("-classdropout: acts on the dropout, so it needs -dropout above 0")
     return training.run_script("2-stn-cnn-mnist.py", settings, build_parser(),
                                CREATE_DATA, 1, build_model, ("branches", "classdropout"),
                                RECIPE)

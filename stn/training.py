@@ -32,6 +32,7 @@ TRANSFORM_FLAGS = ("initzoom", "blur", "sharp", "supersample")
 BLUR_FLAGS = ("sharp", "blurepochs", "blurzoom")
 # The STN scripts' defaults where they differ from the chapter's: the recipe
 # that makes the transformer localise on 100x100 canvases (docs/localisation.md).
+# 2-stn-cnn-mnist.py adds adam's epsilon at 1e-4.
 RECIPE = dict(optimizer="adam", lr=0.0003, batch_size=32, blur=1.5, initzoom=0.65,
               nodecay=10, decayinterval=2)
 # The rate factors of the classifier and of the localization network.
@@ -92,8 +93,8 @@ def add_training_flags(parser, default_output, recipe=None):
              "squared-gradient average that each step is divided by: adam adds "
              "it to the root (a floor of E), Lasagne's rmsprop inside it (a floor "
              "of sqrt(E)); parameters whose gradients are smaller than the floor "
-             "take damped steps (default: %(default)s; None is Lasagne's, 1e-8 "
-             "for adam, 1e-6 for rmsprop)")
+             "take damped steps; the default applies to either rule (default: "
+             "%(default)s; None is Lasagne's, 1e-8 for adam, 1e-6 for rmsprop)")
     add("-dropout", "--dropout", type=cli.probability, default=0.0,
         help="dropout before the dense layers, ramped up over epochs 0-4 "
              "(default: %(default)s)")

@@ -119,6 +119,24 @@ def test_classdropout_leaves_the_localization_network_without_dropout(classdropo
         assert np.allclose(trained, deterministic) != dropped
 
 
+def test_classdropout_goes_to_build_model_and_needs_dropout(tmp_path, sequences1,
+                                                            monkeypatch):
+    class Built(Exception):
+        pass
+
+    def built(*args, **kwargs):
+        raise Built(kwargs["classdropout"])
+    monkeypatch.setattr(script, "build_model", built)
+    for argv in (["-classdropout", "-dropout", "0.25"], ["-dropout", "0.25"]):
+        with pytest.raises(Built) as caught:
+            run(tmp_path, sequences1, **vars(cli.given(script.build_parser(), argv)))
+        assert caught.value.args[0] == ("-classdropout" in argv)
+    with pytest.raises(UserError, match="-classdropout: acts on the dropout, so it needs "
+                       "-dropout above 0"):
+        run(tmp_path, sequences1, classdropout=True)
+    assert os.listdir(str(tmp_path)) == []
+
+
 @pytest.mark.parametrize("argv, epsilon", [([], 1e-4), (["-epsilon", "1e-6"], 1e-6)])
 def test_the_epsilon_flag_reaches_build_functions(tmp_path, sequences1, monkeypatch, argv,
                                                   epsilon):

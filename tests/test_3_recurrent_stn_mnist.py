@@ -67,9 +67,11 @@ def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences3, capsys):
     # One zoom and centred share per step, each centred share a fraction of 50.
     assert res["history_zoom_y"].shape == res["history_centred"].shape == (1, 3)
     # The STN scripts' recipe: the transforms start as a centred 0.65 crop.
+    # Unlike 2-stn-cnn-mnist.py's, adam's epsilon stays Lasagne's.
     settings = json.loads(str(res["settings"]))
     assert {key: settings[key] for key in training.RECIPE if key != "batch_size"} == {
         key: value for key, value in training.RECIPE.items() if key != "batch_size"}
+    assert settings["epsilon"] is None
     np.testing.assert_allclose(res["history_zoom_y"], training.RECIPE["initzoom"], atol=0.2)
     np.testing.assert_allclose(res["history_centred"] * 50,
                                np.round(res["history_centred"] * 50), atol=1e-9)
