@@ -38,12 +38,14 @@ class TransformerLayer(MergeLayer):
         layer.  Against the aliasing of a bilinear sampler that downsamples
         (Jaderberg et al. 2015, section 3.4).  A shared variable lets training
         change sigma (not above its value here, which sets the kernel's size).
-    sharp : bool
+    sharp : bool or Theano shared scalar
         Extra, not in Lasagne: with a blur, the output is the sample of the
         unblurred images while the gradient with respect to theta is the
         blurred sample's (a straight-through estimate: the classifier reads a
         sharp crop, the transform learns from the smoother one).  False, the
-        default, outputs the blurred sample.
+        default, outputs the blurred sample.  A shared variable s in [0, 1]
+        lets training switch: the output is ``blurred + s * (sharp -
+        blurred)``, with the blurred sample's gradient whatever s.
     supersample : int
         Extra, not in Lasagne: sample a grid ``supersample`` times finer each
         way, spread evenly over the same [-1, 1] square, and average each
@@ -70,7 +72,8 @@ class TransformerLayer(MergeLayer):
         if int(supersample) != supersample or supersample < 1:
             raise ValueError("TransformerLayer: supersample must be a whole number of "
                              "at least 1, not %r" % (supersample,))
-        self.blur, self.sharp, self.supersample = blur, bool(sharp), int(supersample)
+        self.blur, self.supersample = blur, int(supersample)
+        self.sharp = sharp if hasattr(sharp, "get_value") else bool(sharp)
         self.blur_radius = int(2 * sigma + 0.5)
         input_shp, loc_shp = self.input_shapes
         if len(loc_shp) != 2 or loc_shp[1] != 6:
@@ -95,9 +98,12 @@ class TransformerLayer(MergeLayer):
         if not self.blur_radius:
             return sample(images)
         blurred = sample(gaussian_blur(images, self.blur, self.blur_radius))
-        if not self.sharp:
+        if self.sharp is False:
             return blurred
-        return blurred + theano.gradient.disconnected_grad(sample(images) - blurred)
+        detail = sample(images) - blurred
+        if self.sharp is not True:
+            detail = detail * self.sharp
+        return blurred + theano.gradient.disconnected_grad(detail)
 
 
 def output_size(size, factor):

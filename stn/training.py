@@ -117,6 +117,10 @@ def add_training_flags(parser, default_output, recipe=None):
     add("-sharp", "--sharp", action="store_true",
         help="with -blur, the classifier reads the unblurred crop; the blur only "
              "smooths the transform's gradient (default: off, the blurred crop)")
+    add("-sharpepoch", "--sharpepoch", type=cli.nonnegative_int, default=0,
+        help="with -sharp, the classifier reads the blurred crop before this epoch "
+             "and the sharp one from it on, once the transform has found the "
+             "digit (default: %(default)s, sharp from the start)")
     add("-supersample", "--supersample", type=cli.positive_int, default=1,
         help="sample each crop pixel on an N x N grid and average it (1: one "
              "bilinear sample, the chapter's) (default: %(default)s)")
@@ -182,6 +186,9 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
     for flag in BLUR_FLAGS:
         if flag in typed and settings[flag] and not settings["blur"]:
             raise UserError("-%s: acts on the blur, so it needs -blur above 0" % flag)
+    if "sharpepoch" in typed and settings["sharpepoch"] and not settings["sharp"]:
+        raise UserError("-sharpepoch: the epoch from which -sharp applies, so it needs "
+                        "-sharp")
     if "ratesepoch" in typed and settings["ratesepoch"] and not two_rates(settings):
         raise UserError("-ratesepoch: the epoch from which -loclr and -classlr apply, "
                         "so it needs one of them other than 1")
@@ -222,6 +229,8 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
     shared = {"dropout": theano.shared(lasagne.utils.floatX(0.0), name="dropout")}
     if settings["blurepochs"] or settings["blurzoom"]:
         shared["blur"] = theano.shared(lasagne.utils.floatX(settings["blur"]), name="blur")
+    if sharp_later(settings):
+        shared["sharp"] = theano.shared(lasagne.utils.floatX(0.0), name="sharp")
     if two_rates(settings):
         for name in RATE_FACTORS:
             shared[name] = theano.shared(lasagne.utils.floatX(1.0), name=name)
@@ -229,7 +238,8 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
     l_in, l_out, l_A_net, _ = build_model(
         dim, num_steps, settings["downsample"], shared["dropout"],
         **dict({key: settings[key] for key in TRANSFORM_FLAGS + tuple(model_flags)},
-               blur=shared.get("blur", settings["blur"])))
+               blur=shared.get("blur", settings["blur"]),
+               sharp=shared.get("sharp", settings["sharp"])))
     print("Compiling the training and evaluation functions...")
     start = time.time()
     train_fn, eval_fn, sh_lr = build_functions(
@@ -324,8 +334,9 @@ def scheduled(settings, epoch, zoom=None):
     times ``zoom`` (at most 1), the transform's mean zoom in the last epoch
     (``initzoom`` before the first), so that the blur follows the spacing of
     the sampled points as an anti-aliasing filter should (Jaderberg et al.
-    2015, section 3.4); with ``loclr`` or ``classlr``, both rate factors: 1
-    before epoch ``ratesepoch``, theirs from it on."""
+    2015, section 3.4); with ``sharp`` and ``sharpepoch``, sharp: 0 before
+    that epoch, 1 from it on; with ``loclr`` or ``classlr``, both rate
+    factors: 1 before epoch ``ratesepoch``, theirs from it on."""
     values = {"dropout": settings["dropout"] * min(epoch, DROPOUT_RAMP) / DROPOUT_RAMP}
     if settings.get("blurepochs") or settings.get("blurzoom"):
         values["blur"] = settings["blur"]
@@ -333,10 +344,18 @@ def scheduled(settings, epoch, zoom=None):
         values["blur"] *= max(0.0, 1 - epoch / settings["blurepochs"])
     if settings.get("blurzoom"):
         values["blur"] *= min(1.0, settings["initzoom"] if zoom is None else zoom)
+    if sharp_later(settings):
+        values["sharp"] = float(epoch >= settings["sharpepoch"])
     if two_rates(settings):
         for name in RATE_FACTORS:
             values[name] = 1.0 if epoch < settings["ratesepoch"] else settings[name]
     return values
+
+
+def sharp_later(settings):
+    """Whether the classifier switches from the blurred crop to the sharp one
+    at epoch ``sharpepoch`` (``-sharp`` with ``-sharpepoch`` above 0)."""
+    return bool(settings.get("sharp") and settings.get("sharpepoch"))
 
 
 def two_rates(settings):
@@ -570,7 +589,7 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
     variables that hold them; ``dataset`` comes from ``data.load_sequences``;
     ``settings`` holds the script's flags (epochs, batch_size, lr,
     decayinterval, decayfac, nodecay, dropout, blur, blurepochs, blurzoom,
-    initzoom, classlr, loclr, ratesepoch, patience, train_eval, seed, output,
+    sharp, sharpepoch, initzoom, classlr, loclr, ratesepoch, patience, train_eval, seed, output,
     checkpoint, script).
     """
     X_train, y_train = dataset["X_train"], dataset["y_train"]

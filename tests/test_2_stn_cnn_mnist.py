@@ -369,6 +369,12 @@ def test_a_blur_flag_without_blur_is_refused(tmp_path, sequences1, flag, value):
         run(tmp_path, sequences1, blur=0.0, **{flag: value})
 
 
+def test_sharpepoch_without_sharp_is_refused(tmp_path, sequences1):
+    with pytest.raises(UserError, match="-sharpepoch: .* so it needs -sharp$"):
+        run(tmp_path, sequences1, sharpepoch=2)
+    assert os.listdir(str(tmp_path)) == []
+
+
 def test_ratesepoch_without_a_rate_factor_is_refused(tmp_path, sequences1):
     with pytest.raises(UserError, match="-ratesepoch: .* needs one of them other than 1"):
         run(tmp_path, sequences1, ratesepoch=2)

@@ -149,6 +149,29 @@ def test_sharp_outputs_the_plain_crop_with_the_blurred_crops_gradient():
     assert np.abs(grads[2] - grads[0]).max() > 1e-2 and np.abs(sharp - blurred).max() > 1e-2
 
 
+def test_a_shared_sharp_switches_the_output_and_keeps_the_blurred_gradient():
+    images, thetas = random_inputs()
+    weights = np.random.RandomState(5).rand(3, 2, 6, 5).astype(np.float32)
+    sharp = theano.shared(np.float32(0), name="sharp")
+    images_var, theta = T.tensor4("images"), T.matrix("theta")
+    layer = TransformerLayer(lasagne.layers.InputLayer((None, 2, 13, 17), images_var),
+                             lasagne.layers.InputLayer((None, 6), theta), (2, 3),
+                             blur=1.5, sharp=sharp)
+    out = lasagne.layers.get_output(layer)
+    fn = theano.function([images_var, theta], [out, T.grad((out * weights).sum(), theta)])
+    blurred_images = ndimage.gaussian_filter(images.astype(np.float64), (0, 0, 1.5, 1.5),
+                                             mode="nearest", truncate=2)
+    plain = reference(images, thetas, 6, 5, "nearest")
+    blurred = reference(blurred_images, thetas, 6, 5, "nearest")
+    out_0, grad_0 = fn(images, thetas)
+    sharp.set_value(np.float32(1))
+    out_1, grad_1 = fn(images, thetas)
+    np.testing.assert_allclose(out_0, blurred, atol=2e-5)
+    np.testing.assert_allclose(out_1, plain, atol=2e-5)
+    np.testing.assert_allclose(grad_1, grad_0, rtol=1e-5, atol=1e-6)
+    assert np.abs(out_1 - out_0).max() > 1e-2
+
+
 @pytest.mark.parametrize("supersample", [2, 3])
 def test_supersample_averages_a_finer_grid(supersample):
     images, thetas = random_inputs()

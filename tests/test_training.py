@@ -108,6 +108,14 @@ def test_the_rate_factors_apply_from_ratesepoch_on():
     assert "loclr" not in training.scheduled(dict(settings, classlr=1.0, loclr=1.0), 0)
 
 
+def test_the_classifier_reads_the_sharp_crop_from_sharpepoch_on():
+    settings = dict(training.default_settings(training.RECIPE), sharp=True, sharpepoch=2)
+    assert [training.scheduled(settings, epoch)["sharp"] for epoch in range(4)] == [
+        0.0, 0.0, 1.0, 1.0]
+    assert "sharp" not in training.scheduled(dict(settings, sharpepoch=0), 0)
+    assert "sharp" not in training.scheduled(dict(settings, sharp=False), 0)
+
+
 def test_lr_schedule_is_the_chapters():
     decays, last = [], -10**9
     for epoch in range(70):
