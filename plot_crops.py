@@ -133,13 +133,10 @@ def main(file, n=5, seed=111, output=None, show=False, gif=False):
     settings = json.loads(str(res["settings"])) if "settings" in res else {}
     sampling = {key: settings.get(key, PLAIN[key]) for key in ("blur", "supersample")}
     sampling["blur_radius"] = int(2 * sampling["blur"] + 0.5)   # the layer's
-    if "history_blur" in res and "best_epoch" in res:
-        # A blur that fades (-blurepochs): its sigma at the epoch drawn.
-        sigma = res["history_blur"][list(res["history_epoch"]).index(int(res["best_epoch"]))]
-        if np.isfinite(sigma):
-            sampling["blur"] = float(sigma)
-    if settings.get("sharp"):
-        sampling["blur"] = 0.0   # the classifier read the unblurred crop
+    best = int(res["best_epoch"]) if "best_epoch" in res else None
+    sigma = (res["history_blur"][list(res["history_epoch"]).index(best)]
+             if best is not None and "history_blur" in res else None)
+    drawn = epoch_sampling(sampling, settings, best, sigma)
     # The true digits, one per step, when the file has them.
     truth = res["y"].reshape(count, -1) if "y" in res else np.full((count, steps), None)
 
@@ -165,7 +162,7 @@ def main(file, n=5, seed=111, output=None, show=False, gif=False):
             row[0].plot(*outline(A[i, step], out_height, out_width, height, width),
                         color=colour, linewidth=1.5)
             row[1 + step].imshow(crop(canvases[i], A[i, step], out_height, out_width,
-                                      **sampling), cmap="gray", vmin=0, vmax=1)
+                                      **drawn), cmap="gray", vmin=0, vmax=1)
             if branches:
                 row[1 + step].set_title("branch %d" % (step + 1))
             else:
@@ -188,25 +185,38 @@ def main(file, n=5, seed=111, output=None, show=False, gif=False):
             grid[0, group * (1 + steps)].set_title("canvas")
     factor = ("%g" % factors[0] if factors[0] == factors[1]
               else "%g,%g" % tuple(factors))
-    extras = "".join(", %s %g" % (key, sampling[key]) for key in ("blur", "supersample")
-                     if sampling[key] != PLAIN[key])
+    extras = "".join(", %s %g" % (key, drawn[key]) for key in ("blur", "supersample")
+                     if drawn[key] != PLAIN[key])
     fig.suptitle("What the transformer crops: %dx%d crops (downsample %s%s)"
                  % (out_height, out_width, factor, extras))
     plots.save_figure(fig, output, show)
     print("Wrote %s" % output)
     if animation:
-        write_gif(res, (out_height, out_width), sampling, settings.get("sharp"),
-                  animation)
+        write_gif(res, (out_height, out_width), sampling, settings, animation)
         print("Wrote %s" % animation)
     return output
 
 
-def write_gif(res, crop_shape, sampling, sharp, path):
+def epoch_sampling(sampling, settings, epoch, sigma):
+    """The ``crop`` keywords that draw what the classifier read at ``epoch``
+    (None: the run's last): ``sampling``, the run's own, with ``sigma``, the
+    blur recorded for that epoch (history_blur, as -blurepochs faded it;
+    None or NaN if not recorded), or none where the classifier read the
+    unblurred crop (-sharp, from -sharpepoch on)."""
+    import numpy as np
+    if sigma is not None and np.isfinite(sigma):
+        sampling = dict(sampling, blur=float(sigma))
+    if settings.get("sharp") and (epoch is None or epoch >= settings.get("sharpepoch", 0)):
+        sampling = dict(sampling, blur=0.0)
+    return sampling
+
+
+def write_gif(res, crop_shape, sampling, settings, path):
     """Animate ``res``'s watched test canvases (watch_x) through their
     transforms by epoch (history_watch_A): one frame an epoch, the canvases
     with the sampling footprints above, the crops below, drawn with the
-    ``sampling`` keywords of ``crop`` and each epoch's blur (history_blur; none
-    with ``sharp``)."""
+    ``sampling`` keywords of ``crop`` as the run's ``settings`` had the
+    classifier read them that epoch (``epoch_sampling``)."""
     import numpy as np
     from matplotlib.animation import PillowWriter
     from stn import data, plots
@@ -224,9 +234,8 @@ def write_gif(res, crop_shape, sampling, sharp, path):
             for frame, epoch in enumerate(epochs):
                 if not np.isfinite(transforms[frame]).all():
                     continue       # an epoch from before the run kept transforms
-                blur = res["history_blur"][frame] if "history_blur" in res else np.nan
-                if np.isfinite(blur):
-                    sampling = dict(sampling, blur=0.0 if sharp else float(blur))
+                drawn = epoch_sampling(sampling, settings, epoch, res["history_blur"][frame]
+                                       if "history_blur" in res else None)
                 for ax in axes.flat:
                     ax.clear()
                     ax.set_xticks([])
@@ -241,7 +250,7 @@ def write_gif(res, crop_shape, sampling, sharp, path):
                         axes[0, i].plot(*outline(theta, *crop_shape, height, width),
                                         color=COLOURS[step % len(COLOURS)], linewidth=1.5)
                         axes[1 + step, i].imshow(crop(canvases[i], theta, *crop_shape,
-                                                      **sampling),
+                                                      **drawn),
                                                  cmap="gray", vmin=0, vmax=1)
                     axes[0, i].set_xlim(-0.5, width - 0.5)
                     axes[0, i].set_ylim(height - 0.5, -0.5)

@@ -43,9 +43,10 @@ class TransformerLayer(MergeLayer):
         unblurred images while the gradient with respect to theta is the
         blurred sample's (a straight-through estimate: the classifier reads a
         sharp crop, the transform learns from the smoother one).  False, the
-        default, outputs the blurred sample.  A shared variable s in [0, 1]
-        lets training switch: the output is ``blurred + s * (sharp -
-        blurred)``, with the blurred sample's gradient whatever s.
+        default, outputs the blurred sample.  A shared scalar s in [0, 1]
+        lets training switch: the output is ``blurred + s * (plain -
+        blurred)``, plain the sample of the unblurred images, with the
+        blurred sample's gradient whatever s.
     supersample : int
         Extra, not in Lasagne: sample a grid ``supersample`` times finer each
         way, spread evenly over the same [-1, 1] square, and average each
@@ -102,7 +103,7 @@ class TransformerLayer(MergeLayer):
             return blurred
         detail = sample(images) - blurred
         if self.sharp is not True:
-            detail = detail * self.sharp
+            detail = detail * T.cast(self.sharp, detail.dtype)
         return blurred + theano.gradient.disconnected_grad(detail)
 
 

@@ -120,7 +120,7 @@ def add_training_flags(parser, default_output, recipe=None):
     add("-sharpepoch", "--sharpepoch", type=cli.nonnegative_int, default=0,
         help="with -sharp, the classifier reads the blurred crop before this epoch "
              "and the sharp one from it on, once the transform has found the "
-             "digit (default: %(default)s, sharp from the start)")
+             "digit (0: from the start) (default: %(default)s)")
     add("-supersample", "--supersample", type=cli.positive_int, default=1,
         help="sample each crop pixel on an N x N grid and average it (1: one "
              "bilinear sample, the chapter's) (default: %(default)s)")
@@ -183,15 +183,15 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
         for name in ("data", "output", "checkpoint"):
             settings[name] = os.path.abspath(settings[name])
     # A flag typed that acts on another left at its default does nothing.
-    for flag in BLUR_FLAGS:
-        if flag in typed and settings[flag] and not settings["blur"]:
-            raise UserError("-%s: acts on the blur, so it needs -blur above 0" % flag)
-    if "sharpepoch" in typed and settings["sharpepoch"] and not settings["sharp"]:
-        raise UserError("-sharpepoch: the epoch from which -sharp applies, so it needs "
-                        "-sharp")
-    if "ratesepoch" in typed and settings["ratesepoch"] and not two_rates(settings):
-        raise UserError("-ratesepoch: the epoch from which -loclr and -classlr apply, "
-                        "so it needs one of them other than 1")
+    partners = [(flag, settings["blur"], "acts on the blur, so it needs -blur above 0")
+                for flag in BLUR_FLAGS]
+    partners += [("sharpepoch", settings["sharp"],
+                  "the epoch from which -sharp applies, so it needs -sharp"),
+                 ("ratesepoch", two_rates(settings), "the epoch from which -loclr and "
+                  "-classlr apply, so it needs one of them other than 1")]
+    for flag, partner, why in partners:
+        if flag in typed and settings[flag] and not partner:
+            raise UserError("-%s: %s" % (flag, why))
     resume = settings.pop("resume")
     settings["epochs"] = settings["epochs"] or EPOCHS
     settings["script"] = script
@@ -589,8 +589,8 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
     variables that hold them; ``dataset`` comes from ``data.load_sequences``;
     ``settings`` holds the script's flags (epochs, batch_size, lr,
     decayinterval, decayfac, nodecay, dropout, blur, blurepochs, blurzoom,
-    sharp, sharpepoch, initzoom, classlr, loclr, ratesepoch, patience, train_eval, seed, output,
-    checkpoint, script).
+    sharp, sharpepoch, initzoom, classlr, loclr, ratesepoch, patience,
+    train_eval, seed, output, checkpoint, script).
     """
     X_train, y_train = dataset["X_train"], dataset["y_train"]
     num_steps = y_train.shape[1]

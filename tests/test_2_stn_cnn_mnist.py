@@ -203,6 +203,24 @@ def test_a_fading_blur_reaches_the_layer_as_a_shared_sigma(tmp_path, sequences1,
     assert layers[1].blur == 1.3                         # no fade: a constant
 
 
+def test_sharpepoch_reaches_the_layer_as_a_shared_switch(tmp_path, sequences1, monkeypatch):
+    layers = []
+    real_build_model = script.build_model
+
+    def capture(*args, **keywords):
+        network = real_build_model(*args, **keywords)
+        layers.append(network[3])
+        return network
+
+    monkeypatch.setattr(script, "build_model", capture)
+    run(tmp_path, sequences1, epochs=1, blur=1.5, sharp=True, sharpepoch=1)
+    assert layers[0].sharp.get_value() == 0          # epoch 0 read the blurred crop
+    script.main(resume=str(tmp_path / "res.ckpt.npz"), epochs=2)
+    assert layers[1].sharp.get_value() == 1          # epoch 1, resumed, the sharp one
+    run(tmp_path, sequences1, blur=1.5, sharp=True)
+    assert layers[2].sharp is True                   # from the start: a constant
+
+
 def test_a_blur_that_follows_the_zoom(tmp_path, sequences1):
     settings = dict(dropout=0.0, blur=1.5, blurzoom=True, initzoom=0.6)
     assert training.scheduled(settings, 0)["blur"] == pytest.approx(0.9)    # 1.5 * 0.6
@@ -323,7 +341,7 @@ def test_a_checkpoint_older_than_the_sampling_flags_resumes_as_the_chapter(
     path = str(tmp_path / "res.ckpt.npz")
     ckpt = data.load_npz(path)
     settings = json.loads(str(ckpt["settings"]))
-    for key in training.TRANSFORM_FLAGS + ("blurepochs",):
+    for key in training.TRANSFORM_FLAGS + ("blurepochs", "sharpepoch"):
         del settings[key]
     ckpt["settings"] = np.array(json.dumps(settings))
     for key in ("blur", "watch_A") + tuple(localization.STATS):

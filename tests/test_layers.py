@@ -132,44 +132,30 @@ def test_a_shared_blur_can_change_and_fade_to_none():
 def test_sharp_outputs_the_plain_crop_with_the_blurred_crops_gradient():
     images, thetas = random_inputs()
     weights = np.random.RandomState(5).rand(3, 2, 6, 5).astype(np.float32)
-    outputs, grads = [], []
-    for keywords in ({}, {"blur": 1.5}, {"blur": 1.5, "sharp": True}):
+    shared_sharp = theano.shared(np.float32(0), name="sharp")
+    fns = []
+    for keywords in ({}, {"blur": 1.5}, {"blur": 1.5, "sharp": True},
+                     {"blur": 1.5, "sharp": shared_sharp}):
         images_var, theta = T.tensor4("images"), T.matrix("theta")
         layer = TransformerLayer(lasagne.layers.InputLayer((None, 2, 13, 17), images_var),
                                  lasagne.layers.InputLayer((None, 6), theta), (2, 3),
                                  **keywords)
         out = lasagne.layers.get_output(layer)
-        fn = theano.function([images_var, theta], [out, T.grad((out * weights).sum(), theta)])
-        out_value, grad_value = fn(images, thetas)
-        outputs.append(out_value)
-        grads.append(grad_value)
-    plain, blurred, sharp = outputs
+        fns.append(theano.function([images_var, theta],
+                                   [out, T.grad((out * weights).sum(), theta)]))
+    (plain, plain_grad), (blurred, blurred_grad), (sharp, sharp_grad) = [
+        fn(images, thetas) for fn in fns[:3]]
     np.testing.assert_allclose(sharp, plain, atol=1e-5)
-    np.testing.assert_allclose(grads[2], grads[1], rtol=1e-4, atol=1e-5)
-    assert np.abs(grads[2] - grads[0]).max() > 1e-2 and np.abs(sharp - blurred).max() > 1e-2
-
-
-def test_a_shared_sharp_switches_the_output_and_keeps_the_blurred_gradient():
-    images, thetas = random_inputs()
-    weights = np.random.RandomState(5).rand(3, 2, 6, 5).astype(np.float32)
-    sharp = theano.shared(np.float32(0), name="sharp")
-    images_var, theta = T.tensor4("images"), T.matrix("theta")
-    layer = TransformerLayer(lasagne.layers.InputLayer((None, 2, 13, 17), images_var),
-                             lasagne.layers.InputLayer((None, 6), theta), (2, 3),
-                             blur=1.5, sharp=sharp)
-    out = lasagne.layers.get_output(layer)
-    fn = theano.function([images_var, theta], [out, T.grad((out * weights).sum(), theta)])
-    blurred_images = ndimage.gaussian_filter(images.astype(np.float64), (0, 0, 1.5, 1.5),
-                                             mode="nearest", truncate=2)
-    plain = reference(images, thetas, 6, 5, "nearest")
-    blurred = reference(blurred_images, thetas, 6, 5, "nearest")
-    out_0, grad_0 = fn(images, thetas)
-    sharp.set_value(np.float32(1))
-    out_1, grad_1 = fn(images, thetas)
-    np.testing.assert_allclose(out_0, blurred, atol=2e-5)
-    np.testing.assert_allclose(out_1, plain, atol=2e-5)
-    np.testing.assert_allclose(grad_1, grad_0, rtol=1e-5, atol=1e-6)
-    assert np.abs(out_1 - out_0).max() > 1e-2
+    np.testing.assert_allclose(sharp_grad, blurred_grad, rtol=1e-4, atol=1e-5)
+    assert np.abs(blurred_grad - plain_grad).max() > 1e-2
+    assert np.abs(sharp - blurred).max() > 1e-2
+    # A shared sharp s outputs blurred + s * (plain - blurred), with the
+    # blurred crop's gradient whatever s.
+    for s in (0.0, 0.5, 1.0):
+        shared_sharp.set_value(np.float32(s))
+        out, grad = fns[3](images, thetas)
+        np.testing.assert_allclose(out, blurred + s * (plain - blurred), atol=1e-5)
+        np.testing.assert_allclose(grad, blurred_grad, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("supersample", [2, 3])

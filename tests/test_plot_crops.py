@@ -105,6 +105,36 @@ def test_draws_with_the_blur_of_the_epoch_it_shows(tmp_path, monkeypatch):
     assert calls == [{"blur": 0.75, "blur_radius": 3, "supersample": 1}] * 2
 
 
+def test_draws_the_sharp_crop_from_sharpepoch_on(tmp_path, monkeypatch):
+    # -blur 1.5 -sharp -sharpepoch 1: the classifier read the blurred crop at
+    # epoch 0, the best, and the unblurred one at epoch 1.
+    import json
+    rng = np.random.RandomState(3)
+    path = str(tmp_path / "res.npz")
+    theta = np.float32([0.5, 0, 0, 0, 0.5, 0])
+    data.save_npz(path, x=rng.rand(4, 30, 30).astype(np.float32), A=np.tile(theta, (4, 1)),
+                  preds=np.zeros(4, np.int32), y=np.arange(4, dtype=np.int32),
+                  downsample=np.float32(3), best_epoch=np.array(0),
+                  history_epoch=np.arange(2), history_blur=np.array([1.5, 1.5]),
+                  history_test_acc=np.array([0.5, 0.6]),
+                  watch_x=rng.rand(2, 30, 30).astype(np.float32),
+                  watch_y=np.arange(2, dtype=np.int32).reshape(2, 1),
+                  history_watch_A=np.tile(theta, (2, 2, 1, 1)),
+                  settings=np.array(json.dumps({"blur": 1.5, "sharp": True,
+                                                "sharpepoch": 1})))
+    blurs = []
+    real_crop = script.crop
+
+    def crop(*args, **keywords):
+        blurs.append(keywords["blur"])
+        return real_crop(*args, **keywords)
+
+    monkeypatch.setattr(script, "crop", crop)
+    script.main(path, n=2, gif=True)
+    # The picture (best epoch 0), then the animation's frames for epochs 0 and 1.
+    assert blurs == [1.5] * 2 + [1.5] * 2 + [0.0] * 2
+
+
 def test_results_file_without_the_needed_keys(tmp_path):
     path = str(tmp_path / "res.npz")
     data.save_npz(path, x=np.zeros((2, 30, 30), np.float32))
