@@ -12,10 +12,14 @@ are the recipe that localises (docs/localisation.md): adam at lr 0.0003 on
 minibatches of 32 with an epsilon of 1e-4, the canvas blurred (sigma 1.5
 pixels) on its way into the sampler, the transform starting as a centred crop
 of 0.65 of the canvas, and the learning rate divided by 1.5 at epochs 11, 15,
-19, ...  The chapter's own settings are one command away:
+19, ...  From epoch 6, once the transform has found the digit, the classifier
+learns three times faster and reads the unblurred crop, and the localization
+network ten times slower; dropout 0.25, ramped up over epochs 0-4, acts in the
+classifier only.  The chapter's own settings are one command away:
 
     python 2-stn-cnn-mnist.py -optimizer rmsprop -lr 0.0005 --batch-size 100 \\
-        -epsilon 1e-6 -blur 0 -initzoom 1 -nodecay 30 -decayinterval 10
+        -epsilon 1e-6 -blur 0 -initzoom 1 -nodecay 30 -decayinterval 10 \\
+        -dropout 0 -classlr 1 -loclr 1 --no-sharp --no-classdropout
 
 Reads mnist_sequence1_sample_8distortions_9x9.npz (create it with
 `python create_mnist_sequence.py --nb_digits 1`) and writes res_test_2.npz (the
@@ -30,15 +34,19 @@ history; see README.md) and a checkpoint after every epoch:
 See README.md for the measured accuracy and time on a 2-core machine, and
 docs/localisation.md for how the recipe was found.
 """
+import argparse
+
 from stn import cli, training
 from stn.errors import UserError
 
 DEFAULT_DATA = "mnist_sequence1_sample_8distortions_9x9.npz"
 CREATE_DATA = "python create_mnist_sequence.py --nb_digits 1"
 # The shared recipe, with adam's epsilon raised from Lasagne's 1e-8, at which
-# some seeds throw every crop off the canvas in their first epoch
-# (docs/localisation.md, "A first epoch that goes dead").
-RECIPE = dict(training.RECIPE, epsilon=1e-4)
+# some seeds throw every crop off the canvas in their first epoch; from epoch 6
+# the two rates and the sharp crop (docs/localisation.md, "A first epoch that
+# goes dead" and "The sharp crop with the localization network held").
+RECIPE = dict(training.RECIPE, epsilon=1e-4, dropout=0.25, classdropout=True,
+              ratesepoch=6, classlr=3.0, loclr=0.1, sharp=True, sharpepoch=6)
 
 
 def build_parser():
@@ -51,10 +59,11 @@ def build_parser():
                              "localization features and crops the canvas, and the "
                              "classifier reads the crops as channels "
                              "(default: %(default)s, the chapter's)")
-    parser.add_argument("-classdropout", "--classdropout", action="store_true",
+    parser.add_argument("-classdropout", "--classdropout",
+                        action=argparse.BooleanOptionalAction, default=False,
                         help="-dropout in the classifier only, not before the "
-                             "localization network's dense layer (default: off, "
-                             "both networks, the chapter's)")
+                             "localization network's dense layer; --no-classdropout: "
+                             "in both networks, the chapter's (default: %(default)s)")
     training.add_training_flags(parser, "res_test_2.npz", RECIPE)
     return parser
 
@@ -111,7 +120,7 @@ def main(**settings):
     ``settings`` are the flags by name (data=..., output=..., lr=0.0003,
     branches=1, ...; see ``--help``); those left out take their defaults.
     """
-    if settings.get("classdropout") and not settings.get("dropout"):
+    if settings.get("classdropout") and not settings.get("dropout", RECIPE["dropout"]):
         raise UserError("-classdropout: acts on the dropout, so it needs -dropout above 0")
     return training.run_script("2-stn-cnn-mnist.py", settings, build_parser(),
                                CREATE_DATA, 1, build_model, ("branches", "classdropout"),

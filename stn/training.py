@@ -5,6 +5,7 @@ and ``fit`` runs its epoch loop: dropout ramp, learning-rate decay, early
 stopping, the per-epoch line, the results file, and a checkpoint after every
 epoch (and on Ctrl-C) that ``--resume`` continues exactly.
 """
+import argparse
 import functools
 import json
 from collections import OrderedDict
@@ -65,7 +66,9 @@ def iterate_minibatches(n, batch_size, rng=None):
 
 def add_training_flags(parser, default_output, recipe=None):
     """The flags of both STN scripts, with the chapter's names and defaults,
-    except those the script's ``recipe`` dict sets by name."""
+    except those the script's ``recipe`` dict sets by name.  The defaults of
+    all the parser's flags before the recipe, the chapter's, are kept in
+    ``parser.chapter_defaults``."""
     add = parser.add_argument
     add("-lr", "--lr", type=cli.positive_float, default=0.0005,
         help="learning rate (default: %(default)s)")
@@ -114,9 +117,10 @@ def add_training_flags(parser, default_output, recipe=None):
         help="the blur's sigma follows the transform: -blur times the mean zoom of "
              "the last epoch, as the spacing of the sampled points shrinks "
              "(default: off, a fixed sigma)")
-    add("-sharp", "--sharp", action="store_true",
+    add("-sharp", "--sharp", action=argparse.BooleanOptionalAction, default=False,
         help="with -blur, the classifier reads the unblurred crop; the blur only "
-             "smooths the transform's gradient (default: off, the blurred crop)")
+             "smooths the transform's gradient; --no-sharp: the blurred crop, as "
+             "the blur alone gives (default: %(default)s)")
     add("-sharpepoch", "--sharpepoch", type=cli.nonnegative_int, default=0,
         help="with -sharp, the classifier reads the blurred crop before this epoch "
              "and the sharp one from it on, once the transform has found the "
@@ -145,6 +149,7 @@ def add_training_flags(parser, default_output, recipe=None):
         help="checkpoint written every epoch (default: OUTPUT with .ckpt.npz)")
     add("--resume", default=None, metavar="CHECKPOINT",
         help="continue the run saved in CHECKPOINT, with its settings")
+    parser.chapter_defaults = vars(parser.parse_args([]))
     parser.set_defaults(**(recipe or {}))
 
 
@@ -173,9 +178,8 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
     if settings.get("resume"):
         # A checkpoint older than a flag ran as the chapter: its flags take the
         # chapter's defaults, not the script's recipe.
-        chapter = default_settings()
         settings = resumed_settings(settings, dict(defaults, **{
-            key: chapter[key] for key in recipe or ()}), script)
+            key: parser.chapter_defaults[key] for key in recipe or ()}), script)
     else:
         settings = dict(defaults, **settings)
         settings["checkpoint"] = settings["checkpoint"] or checkpoint_path(settings["output"])

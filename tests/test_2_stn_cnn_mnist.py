@@ -39,10 +39,22 @@ def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences1):
     settings = json.loads(str(res["settings"]))
     assert dict(script.RECIPE, **TINY) == {key: settings[key]
                                           for key in set(script.RECIPE) | set(TINY)}
-    assert settings["dropout"] == 0.0 and settings["downsample"] == 3.0
-    assert settings["epsilon"] == 1e-4 and not settings["classdropout"]
+    assert settings["downsample"] == 3.0
     args = vars(script.build_parser().parse_args([]))
     assert {key: args[key] for key in script.RECIPE} == script.RECIPE
+
+
+def test_the_documented_chapter_command_gives_the_chapters_settings():
+    command = script.__doc__.split("python 2-stn-cnn-mnist.py -optimizer")[1]
+    argv = ("-optimizer" + command.split("\n\n")[0]).replace("\\\n", " ").split()
+    args = vars(script.build_parser().parse_args(argv))
+    chapter = dict(training.default_settings(), classdropout=False,
+                   epsilon=1e-6)                  # Lasagne's rmsprop epsilon
+    # -ratesepoch and -sharpepoch are left to the recipe: with no rate factor
+    # and no -sharp they act on nothing.
+    assert not training.two_rates(args) and not training.sharp_later(args)
+    assert ({key: args[key] for key in script.RECIPE if not key.endswith("epoch")}
+            == {key: chapter[key] for key in script.RECIPE if not key.endswith("epoch")})
 
 
 def test_a_crop_that_is_not_square(tmp_path, sequences1):
@@ -127,13 +139,14 @@ def test_classdropout_goes_to_build_model_and_needs_dropout(tmp_path, sequences1
     def built(*args, **kwargs):
         raise Built(kwargs["classdropout"])
     monkeypatch.setattr(script, "build_model", built)
-    for argv in (["-classdropout", "-dropout", "0.25"], ["-dropout", "0.25"]):
+    for argv, classdropout in (([], True), (["-classdropout"], True),
+                               (["--no-classdropout"], False)):
         with pytest.raises(Built) as caught:
             run(tmp_path, sequences1, **vars(cli.given(script.build_parser(), argv)))
-        assert caught.value.args[0] == ("-classdropout" in argv)
+        assert caught.value.args[0] is classdropout
     with pytest.raises(UserError, match="-classdropout: acts on the dropout, so it needs "
                        "-dropout above 0"):
-        run(tmp_path, sequences1, classdropout=True)
+        run(tmp_path, sequences1, classdropout=True, dropout=0.0)
     assert os.listdir(str(tmp_path)) == []
 
 
@@ -179,7 +192,9 @@ def test_epoch_summary_matches_the_saved_transforms_and_boxes(tmp_path, sequence
         assert "Epoch %d Acc Valid %.4f, Acc Train = %.4f, Acc Test = %.4f\n" % (
             (epoch,) + tuple(res["history_" + key][epoch]
                              for key in ("valid_acc", "train_acc", "test_acc"))) in out
-        assert "Loss %.4f, lr 0.0003, %.0f s (training %.0f s)" % tuple(
+        # Before -ratesepoch, both networks learn at the one rate.
+        assert ("Loss %.4f, lr 0.0003 (classifier x1, localization x1), %.0f s "
+                "(training %.0f s)") % tuple(
             res["history_" + key][epoch] for key in ("train_loss", "seconds",
                                                     "train_seconds")) in out
 
@@ -217,7 +232,7 @@ def test_sharpepoch_reaches_the_layer_as_a_shared_switch(tmp_path, sequences1, m
     assert layers[0].sharp.get_value() == 0          # epoch 0 read the blurred crop
     script.main(resume=str(tmp_path / "res.ckpt.npz"), epochs=2)
     assert layers[1].sharp.get_value() == 1          # epoch 1, resumed, the sharp one
-    run(tmp_path, sequences1, blur=1.5, sharp=True)
+    run(tmp_path, sequences1, blur=1.5, sharp=True, sharpepoch=0)
     assert layers[2].sharp is True                   # from the start: a constant
 
 
@@ -389,13 +404,13 @@ def test_a_blur_flag_without_blur_is_refused(tmp_path, sequences1, flag, value):
 
 def test_sharpepoch_without_sharp_is_refused(tmp_path, sequences1):
     with pytest.raises(UserError, match="-sharpepoch: .* so it needs -sharp$"):
-        run(tmp_path, sequences1, sharpepoch=2)
+        run(tmp_path, sequences1, sharp=False, sharpepoch=2)
     assert os.listdir(str(tmp_path)) == []
 
 
 def test_ratesepoch_without_a_rate_factor_is_refused(tmp_path, sequences1):
     with pytest.raises(UserError, match="-ratesepoch: .* needs one of them other than 1"):
-        run(tmp_path, sequences1, ratesepoch=2)
+        run(tmp_path, sequences1, classlr=1.0, loclr=1.0, ratesepoch=2)
     assert os.listdir(str(tmp_path)) == []
 
 
