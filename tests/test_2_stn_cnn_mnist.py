@@ -199,8 +199,9 @@ def test_epoch_summary_matches_the_saved_transforms_and_boxes(tmp_path, sequence
                                                     "train_seconds")) in out
 
 
-def test_a_fading_blur_reaches_the_layer_as_a_shared_sigma(tmp_path, sequences1,
-                                                         monkeypatch):
+@pytest.fixture
+def transformers(monkeypatch):
+    """The TransformerLayer of each network the script builds, in order."""
     layers = []
     real_build_model = script.build_model
 
@@ -210,6 +211,12 @@ def test_a_fading_blur_reaches_the_layer_as_a_shared_sigma(tmp_path, sequences1,
         return network
 
     monkeypatch.setattr(script, "build_model", capture)
+    return layers
+
+
+def test_a_fading_blur_reaches_the_layer_as_a_shared_sigma(tmp_path, sequences1,
+                                                         transformers):
+    layers = transformers
     run(tmp_path, sequences1, epochs=2, blur=1.3, blurepochs=2)
     (transformer,) = layers
     assert transformer.blur_radius == 3                 # int(2 * 1.3 + 0.5)
@@ -218,16 +225,8 @@ def test_a_fading_blur_reaches_the_layer_as_a_shared_sigma(tmp_path, sequences1,
     assert layers[1].blur == 1.3                         # no fade: a constant
 
 
-def test_sharpepoch_reaches_the_layer_as_a_shared_switch(tmp_path, sequences1, monkeypatch):
-    layers = []
-    real_build_model = script.build_model
-
-    def capture(*args, **keywords):
-        network = real_build_model(*args, **keywords)
-        layers.append(network[3])
-        return network
-
-    monkeypatch.setattr(script, "build_model", capture)
+def test_sharpepoch_reaches_the_layer_as_a_shared_switch(tmp_path, sequences1, transformers):
+    layers = transformers
     run(tmp_path, sequences1, epochs=1, blur=1.5, sharp=True, sharpepoch=1)
     assert layers[0].sharp.get_value() == 0          # epoch 0 read the blurred crop
     script.main(resume=str(tmp_path / "res.ckpt.npz"), epochs=2)
