@@ -42,9 +42,11 @@ from stn.errors import UserError
 DEFAULT_DATA = "mnist_sequence1_sample_8distortions_9x9.npz"
 CREATE_DATA = "python create_mnist_sequence.py --nb_digits 1"
 # The shared recipe, with adam's epsilon raised from Lasagne's 1e-8, at which
-# some seeds throw every crop off the canvas in their first epoch; from epoch 6
-# the two rates and the sharp crop (docs/localisation.md, "A first epoch that
-# goes dead" and "The sharp crop with the localization network held").
+# some seeds throw every crop off the canvas in their first epoch; dropout 0.25
+# in the classifier only; from epoch 6 the two rates and the sharp crop
+# (docs/localisation.md, "A first epoch that goes dead", "The defaults with
+# adam's epsilon at 1e-4" and "The sharp crop with the localization network
+# held", seeds 1-3 each).
 RECIPE = dict(training.RECIPE, epsilon=1e-4, dropout=0.25, classdropout=True,
               ratesepoch=6, classlr=3.0, loclr=0.1, sharp=True, sharpepoch=6)
 

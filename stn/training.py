@@ -33,7 +33,7 @@ TRANSFORM_FLAGS = ("initzoom", "blur", "sharp", "supersample")
 BLUR_FLAGS = ("sharp", "blurepochs", "blurzoom")
 # The STN scripts' defaults where they differ from the chapter's: the recipe
 # that makes the transformer localise on 100x100 canvases (docs/localisation.md).
-# 2-stn-cnn-mnist.py adds adam's epsilon at 1e-4.
+# 2-stn-cnn-mnist.py adds its own (its RECIPE).
 RECIPE = dict(optimizer="adam", lr=0.0003, batch_size=32, blur=1.5, initzoom=0.65,
               nodecay=10, decayinterval=2)
 # The rate factors of the classifier and of the localization network.
@@ -118,8 +118,9 @@ def add_training_flags(parser, default_output, recipe=None):
              "the last epoch, as the spacing of the sampled points shrinks "
              "(default: off, a fixed sigma)")
     add("-sharp", "--sharp", action=argparse.BooleanOptionalAction, default=False,
-        help="with -blur, the classifier reads the unblurred crop; the blur only "
-             "smooths the transform's gradient; --no-sharp: the blurred crop, as "
+        help="with -blur, the classifier reads the unblurred crop (from "
+             "-sharpepoch on); the blur only smooths the transform's gradient; "
+             "--no-sharp: the blurred crop, as "
              "the blur alone gives (default: %(default)s)")
     add("-sharpepoch", "--sharpepoch", type=cli.nonnegative_int, default=0,
         help="with -sharp, the classifier reads the blurred crop before this epoch "
