@@ -4,6 +4,7 @@ import sys
 import numpy as np
 import theano
 import theano.tensor as T
+from theano.ifelse import ifelse
 import lasagne.layers
 import lasagne.utils
 from lasagne.layers.base import Layer, MergeLayer
@@ -46,7 +47,8 @@ class TransformerLayer(MergeLayer):
         default, outputs the blurred sample.  A shared scalar s in [0, 1]
         lets training switch: the output is ``blurred + s * (plain -
         blurred)``, plain the sample of the unblurred images, with the
-        blurred sample's gradient whatever s.
+        blurred sample's gradient whatever s; at s = 0 plain is not
+        computed.
     supersample : int
         Extra, not in Lasagne: sample a grid ``supersample`` times finer each
         way, spread evenly over the same [-1, 1] square, and average each
@@ -101,9 +103,14 @@ class TransformerLayer(MergeLayer):
         blurred = sample(gaussian_blur(images, self.blur, self.blur_radius))
         if self.sharp is False:
             return blurred
-        detail = sample(images) - blurred
-        if self.sharp is not True:
-            detail = detail * T.cast(self.sharp, detail.dtype)
+        if self.sharp is True:
+            detail = sample(images) - blurred
+        else:
+            # At s = 0 the unblurred canvas is not sampled: the lazy branch
+            # must not read ``blurred``, which the sum below may overwrite.
+            share = T.cast(self.sharp, blurred.dtype)
+            detail = ifelse(T.gt(share, 0), share * sample(images),
+                            T.zeros_like(blurred)) - share * blurred
         return blurred + theano.gradient.disconnected_grad(detail)
 
 

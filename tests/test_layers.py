@@ -142,7 +142,8 @@ def test_sharp_outputs_the_plain_crop_with_the_blurred_crops_gradient():
                                  **keywords)
         out = lasagne.layers.get_output(layer)
         fns.append(theano.function([images_var, theta],
-                                   [out, T.grad((out * weights).sum(), theta)]))
+                                   [out, T.grad((out * weights).sum(), theta)],
+                                   profile=True))
     (plain, plain_grad), (blurred, blurred_grad), (sharp, sharp_grad) = [
         fn(images, thetas) for fn in fns[:3]]
     np.testing.assert_allclose(sharp, plain, atol=1e-5)
@@ -151,11 +152,19 @@ def test_sharp_outputs_the_plain_crop_with_the_blurred_crops_gradient():
     assert np.abs(sharp - blurred).max() > 1e-2
     # A shared sharp s outputs blurred + s * (plain - blurred), with the
     # blurred crop's gradient whatever s.
+    # At s = 0 the unblurred canvas is not sampled: its four gathers (one
+    # per bilinear neighbour) do not run.
+    gathers_run = {}
     for s in (0.0, 0.5, 1.0):
         shared_sharp.set_value(np.float32(s))
+        calls = dict(fns[3].profile.apply_callcount)
         out, grad = fns[3](images, thetas)
         np.testing.assert_allclose(out, blurred + s * (plain - blurred), atol=1e-5)
         np.testing.assert_allclose(grad, blurred_grad, rtol=1e-4, atol=1e-5)
+        gathers_run[s] = sum(count > calls.get(node, 0) for node, count
+                             in fns[3].profile.apply_callcount.items()
+                             if isinstance(node.op, T.subtensor.AdvancedSubtensor1))
+    assert gathers_run[0.0] + 4 == gathers_run[0.5] == gathers_run[1.0]
 
 
 @pytest.mark.parametrize("supersample", [2, 3])
