@@ -37,7 +37,6 @@ docs/localisation.md for how the recipe was found.
 import argparse
 
 from stn import cli, training
-from stn.errors import UserError
 
 DEFAULT_DATA = "mnist_sequence1_sample_8distortions_9x9.npz"
 CREATE_DATA = "python create_mnist_sequence.py --nb_digits 1"
@@ -122,11 +121,10 @@ def main(**settings):
     ``settings`` are the flags by name (data=..., output=..., lr=0.0003,
     branches=1, ...; see ``--help``); those left out take their defaults.
     """
-    if settings.get("classdropout") and not settings.get("dropout", RECIPE["dropout"]):
-        raise UserError("-classdropout: acts on the dropout, so it needs -dropout above 0")
-    return training.run_script("2-stn-cnn-mnist.py", settings, build_parser(),
-                               CREATE_DATA, 1, build_model, ("branches", "classdropout"),
-                               RECIPE)
+    return training.run_script(
+        "2-stn-cnn-mnist.py", settings, build_parser(), CREATE_DATA, 1, build_model,
+        ("branches", "classdropout"), RECIPE,
+        [("classdropout", "dropout", "acts on the dropout, so it needs -dropout above 0")])
 
 
 if __name__ == "__main__":

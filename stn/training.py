@@ -68,7 +68,8 @@ def add_training_flags(parser, default_output, recipe=None):
     """The flags of both STN scripts, with the chapter's names and defaults,
     except those the script's ``recipe`` dict sets by name.  The defaults of
     all the parser's flags before the recipe, the chapter's, are kept in
-    ``parser.chapter_defaults``."""
+    ``parser.chapter_defaults``, so a script adds its own flags first.
+    Raises TypeError for a recipe key that names no flag."""
     add = parser.add_argument
     add("-lr", "--lr", type=cli.positive_float, default=0.0005,
         help="learning rate (default: %(default)s)")
@@ -120,8 +121,8 @@ def add_training_flags(parser, default_output, recipe=None):
     add("-sharp", "--sharp", action=argparse.BooleanOptionalAction, default=False,
         help="with -blur, the classifier reads the unblurred crop (from "
              "-sharpepoch on); the blur only smooths the transform's gradient; "
-             "--no-sharp: the blurred crop, as "
-             "the blur alone gives (default: %(default)s)")
+             "--no-sharp: the blurred crop, as the blur alone gives "
+             "(default: %(default)s)")
     add("-sharpepoch", "--sharpepoch", type=cli.nonnegative_int, default=0,
         help="with -sharp, the classifier reads the blurred crop before this epoch "
              "and the sharp one from it on, once the transform has found the "
@@ -151,6 +152,9 @@ def add_training_flags(parser, default_output, recipe=None):
     add("--resume", default=None, metavar="CHECKPOINT",
         help="continue the run saved in CHECKPOINT, with its settings")
     parser.chapter_defaults = vars(parser.parse_args([]))
+    unknown = set(recipe or ()) - set(parser.chapter_defaults)
+    if unknown:
+        raise TypeError("recipe keys that name no flag: %s" % ", ".join(sorted(unknown)))
     parser.set_defaults(**(recipe or {}))
 
 
@@ -163,14 +167,16 @@ def default_settings(recipe=None):
 
 
 def run_script(script, settings, parser, create_data, nb_digits, build_model,
-               model_flags=(), recipe=None):
+               model_flags=(), recipe=None, partners=()):
     """What both STN scripts do around their network: check the settings, load
     the data, build the network with ``build_model(dim, num_steps, downsample,
     sh_drp, initzoom=, blur=, sharp=, supersample=, **model_settings)``,
     compile, train.  ``settings`` are the flags given, by name; ``parser`` the
     script's, whose defaults fill the rest; ``model_flags`` the names of its
     own flags that build_model takes; ``recipe`` its defaults that differ
-    from the chapter's.  With ``settings["resume"]``, see ``resumed_settings``."""
+    from the chapter's; ``partners`` its (flag, partner, why) rows: a flag
+    typed that does nothing while its partner flag is 0 or off.  With
+    ``settings["resume"]``, see ``resumed_settings``."""
     defaults = vars(parser.parse_args([]))
     typed = set(settings)
     unknown = typed - set(defaults)
@@ -188,13 +194,14 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
         for name in ("data", "output", "checkpoint"):
             settings[name] = os.path.abspath(settings[name])
     # A flag typed that acts on another left at its default does nothing.
-    partners = [(flag, settings["blur"], "acts on the blur, so it needs -blur above 0")
-                for flag in BLUR_FLAGS]
-    partners += [("sharpepoch", settings["sharp"],
-                  "the epoch from which -sharp applies, so it needs -sharp"),
-                 ("ratesepoch", two_rates(settings), "the epoch from which -loclr and "
-                  "-classlr apply, so it needs one of them other than 1")]
-    for flag, partner, why in partners:
+    needs = [(flag, settings["blur"], "acts on the blur, so it needs -blur above 0")
+             for flag in BLUR_FLAGS]
+    needs += [("sharpepoch", settings["sharp"],
+               "the epoch from which -sharp applies, so it needs -sharp"),
+              ("ratesepoch", two_rates(settings), "the epoch from which -loclr and "
+               "-classlr apply, so it needs one of them other than 1")]
+    needs += [(flag, settings[partner], why) for flag, partner, why in partners]
+    for flag, partner, why in needs:
         if flag in typed and settings[flag] and not partner:
             raise UserError("-%s: %s" % (flag, why))
     resume = settings.pop("resume")

@@ -369,6 +369,30 @@ def test_a_checkpoint_older_than_the_sampling_flags_resumes_as_the_chapter(
     assert np.isfinite(resumed["history_zoom_x"][1]).all()
 
 
+def test_a_checkpoint_older_than_the_recipes_flags_resumes_as_it_ran(
+        tmp_path, sequences1, transformers):
+    # A run of the former defaults (the sharp crop from the start, one rate,
+    # dropout in both networks), its checkpoint stripped of the flags added
+    # since: they resume at the chapter's values, not at today's recipe.
+    later = ("sharpepoch", "classdropout", "ratesepoch", "classlr", "loclr")
+    run(tmp_path, sequences1, sharp=True, sharpepoch=0, classdropout=False,
+        ratesepoch=0, classlr=1.0, loclr=1.0)
+    path = str(tmp_path / "res.ckpt.npz")
+    ckpt = data.load_npz(path)
+    settings = json.loads(str(ckpt["settings"]))
+    for key in later:
+        del settings[key]
+    ckpt["settings"] = np.array(json.dumps(settings))
+    data.save_npz(path, **ckpt)
+    resumed = script.main(resume=path, epochs=2)
+    settings = json.loads(str(resumed["settings"]))
+    assert {key: settings[key] for key in later} == {
+        key: script.build_parser().chapter_defaults[key] for key in later} == dict(
+        sharpepoch=0, classdropout=False, ratesepoch=0, classlr=1.0, loclr=1.0)
+    assert transformers[1].sharp is True                 # a constant, as it ran
+    assert resumed["history_epoch"].tolist() == [0, 1]
+
+
 @pytest.mark.parametrize("lr", [1e30, 1e38])   # as reported: 1e38 ended in an IndexError
 def test_nan_loss_stops_and_keeps_the_previous_results(tmp_path, sequences1, lr):
     output = tmp_path / "res.npz"

@@ -1,4 +1,6 @@
 """plot_crops.py: the crops it draws are the layer's, and bad files fail clearly."""
+import json
+
 import numpy as np
 import pytest
 import theano
@@ -84,7 +86,6 @@ def test_more_canvases_than_a_column_go_side_by_side(tmp_path, capsys):
 def test_draws_with_the_blur_of_the_epoch_it_shows(tmp_path, monkeypatch):
     # A run that started at sigma 1.5 (the layer's radius 3) and faded it to
     # 0.75 by its best epoch, 1: the crops are drawn at 0.75, radius 3.
-    import json
     rng = np.random.RandomState(3)
     path = str(tmp_path / "res.npz")
     data.save_npz(path, x=rng.rand(4, 30, 30).astype(np.float32),
@@ -108,7 +109,6 @@ def test_draws_with_the_blur_of_the_epoch_it_shows(tmp_path, monkeypatch):
 def test_draws_the_sharp_crop_from_sharpepoch_on(tmp_path, monkeypatch):
     # -blur 1.5 -sharp -sharpepoch 1: the classifier read the blurred crop at
     # epoch 0, the best, and the unblurred one at epoch 1.
-    import json
     rng = np.random.RandomState(3)
     path = str(tmp_path / "res.npz")
     theta = np.float32([0.5, 0, 0, 0, 0.5, 0])

@@ -116,6 +116,12 @@ def test_the_classifier_reads_the_sharp_crop_from_sharpepoch_on():
     assert "sharp" not in training.scheduled(dict(settings, sharp=False), 0)
 
 
+def test_a_recipe_key_that_names_no_flag_is_refused():
+    assert training.default_settings(dict(loclr=0.1))["loclr"] == 0.1
+    with pytest.raises(TypeError, match="recipe keys that name no flag: locr"):
+        training.default_settings(dict(locr=0.1))
+
+
 def test_lr_schedule_is_the_chapters():
     decays, last = [], -10**9
     for epoch in range(70):
