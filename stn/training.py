@@ -99,6 +99,11 @@ def add_training_flags(parser, default_output, recipe=None):
              "of sqrt(E)); parameters whose gradients are smaller than the floor "
              "take damped steps; the default applies to either rule (default: "
              "%(default)s; None is Lasagne's, 1e-8 for adam, 1e-6 for rmsprop)")
+    add("-ema", "--ema", type=cli.probability, default=0.0,
+        help="validate and test with an exponential moving average of the weights, "
+             "each training step weighing the new weights by 1 - EMA (e.g. 0.999: "
+             "about the last 1000 steps); the checkpoint keeps both (default: "
+             "%(default)s, the weights as trained, the chapter's)")
     add("-dropout", "--dropout", type=cli.probability, default=0.0,
         help="dropout before the dense layers, ramped up over epochs 0-4 "
              "(default: %(default)s)")
@@ -257,7 +262,7 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
     train_fn, eval_fn, sh_lr = build_functions(
         l_in.input_var, l_out, l_A_net, settings["optimizer"], settings["lr"],
         tuple(shared[name] for name in RATE_FACTORS) if two_rates(settings) else None,
-        settings["epsilon"])
+        settings["epsilon"], settings["ema"])
     print(ready_line(start))
     results = fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=resume)
     print("Results in %s, checkpoint in %s" % (settings["output"],
@@ -274,7 +279,7 @@ def ready_line(compile_start):
 
 
 def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate,
-                    rate_factors=None, epsilon=None):
+                    rate_factors=None, epsilon=None, ema=0.0):
     """Compile the chapter's functions for a classifier reading ``num_steps`` crops.
 
     ``l_out`` gives (batch * num_steps, 10) class probabilities, sample-major,
@@ -289,7 +294,11 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate,
     ``epsilon``, if given, replaces the update rule's own: Lasagne's adam
     steps by its bias-corrected rate times m / (sqrt(v) + epsilon), its
     rmsprop by rate * g / sqrt(v + epsilon), with m and v the running means
-    of the gradient and of its square.
+    of the gradient and of its square.  With ``ema`` d in (0, 1), ``eval_fn``
+    reads an exponential moving average of the trainable parameters instead of
+    the parameters themselves (Polyak averaging): a_t = d a_{t-1} + (1 - d) p_t
+    after step t, from a_0 = 0, divided by 1 - d^t as adam corrects its moments
+    (Kingma & Ba 2015, section 3); before the first step, the parameters.
     """
     import lasagne
     import theano
@@ -321,10 +330,32 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate,
     for part, rate in groups:
         updates.update(update([grads[k] for k in part], [params[k] for k in part],
                               learning_rate=rate))
+    if ema:
+        output_eval, A_eval = averaged([output_eval, A_eval], params, updates, ema)
     train_fn, eval_fn = compiled.functions([
         ([input_var, target_var], [cost, output_train], updates),
         ([input_var], [output_eval, A_eval], None)])
     return train_fn, eval_fn, sh_lr
+
+
+def averaged(outputs, params, updates, decay):
+    """``outputs`` with each of ``params`` replaced by its bias-corrected
+    exponential moving average; the averages' updates are added to
+    ``updates`` (an OrderedDict holding each parameter's own update), so that
+    they are trained, and checkpointed, with the parameters."""
+    import theano
+    import theano.tensor as T
+    floatx = theano.config.floatX
+    steps = theano.shared(np.asarray(0.0, dtype=floatx), name="ema_steps")
+    updates[steps] = steps + 1
+    correction = T.cast(1 - decay ** steps, floatx)
+    replace = {}
+    for param in params:
+        average = theano.shared(np.zeros_like(param.get_value()), name="ema_" + str(param),
+                                broadcastable=param.broadcastable)
+        updates[average] = T.cast(decay * average + (1 - decay) * updates[param], floatx)
+        replace[param] = T.switch(steps > 0, average / correction, param)
+    return theano.clone(outputs, replace=replace)
 
 
 def predict(eval_fn, X, num_steps, batch_size):

@@ -249,9 +249,10 @@ def test_a_blur_that_follows_the_zoom(tmp_path, sequences1):
 
 def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, sequences1, monkeypatch,
                                                         capsys):
-    # With two rates from epoch 1 on: two adam update rules to checkpoint.
+    # With two rates from epoch 1 on: two adam update rules to checkpoint; and
+    # the weights' moving average.
     settings = dict(epochs=2, dropout=0.3, blurepochs=2, classlr=2.0, loclr=0.5,
-                    ratesepoch=1)
+                    ratesepoch=1, ema=0.9)
     straight, expected = run(tmp_path, sequences1, "a.npz", **settings)
 
     # Press Ctrl-C during the third batch of epoch 0.

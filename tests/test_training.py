@@ -116,6 +116,34 @@ def test_the_classifier_reads_the_sharp_crop_from_sharpepoch_on():
     assert "sharp" not in training.scheduled(dict(settings, sharp=False), 0)
 
 
+def test_ema_evaluates_the_bias_corrected_average_of_the_trained_weights():
+    import lasagne
+    import theano
+    lasagne.random.set_rng(np.random.RandomState(1))
+    l_in, l_out, l_A_net, _ = stn_script.build_model(40, 1, 2.0, theano.shared(np.float32(0)))
+    params = lasagne.layers.get_all_params(l_out, trainable=True)
+    decay = 0.8
+    train_fn, eval_fn, _ = training.build_functions(l_in.input_var, l_out, l_A_net, "adam",
+                                                    0.01, ema=decay)
+    as_trained = theano.function([l_in.input_var], lasagne.layers.get_output(
+        [l_out, l_A_net], deterministic=True))
+    rng = np.random.RandomState(0)
+    X = rng.rand(8, 40, 40).astype(np.float32)
+    # Before any step: the weights themselves.
+    for out, expected in zip(eval_fn(X), as_trained(X)):
+        np.testing.assert_array_equal(out, expected)
+    sums = [np.zeros(p.get_value().shape) for p in params]
+    for step in range(1, 4):
+        train_fn(X, rng.randint(0, 10, (8, 1)).astype(np.int32))
+        sums = [decay * a + (1 - decay) * p.get_value() for a, p in zip(sums, params)]
+    got = eval_fn(X)
+    assert not np.allclose(got[1], as_trained(X)[1], atol=1e-4)
+    for p, a in zip(params, sums):
+        p.set_value((a / (1 - decay ** 3)).astype(np.float32))
+    for out, expected in zip(got, as_trained(X)):
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_a_recipe_key_that_names_no_flag_is_refused():
     assert training.default_settings(dict(loclr=0.1))["loclr"] == 0.1
     with pytest.raises(TypeError, match="recipe keys that name no flag: locr"):
