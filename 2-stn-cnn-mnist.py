@@ -48,6 +48,9 @@ CREATE_DATA = "python create_mnist_sequence.py --nb_digits 1"
 # held", seeds 1-3 each).
 RECIPE = dict(training.RECIPE, epsilon=1e-4, dropout=0.25, classdropout=True,
               ratesepoch=6, classlr=3.0, loclr=0.1, sharp=True, sharpepoch=6)
+# This script's flags that do nothing while their partner flag is 0 or off
+# (run_script refuses them typed alone): (flag, partner, why).
+PARTNERS = [("classdropout", "dropout", "acts on the dropout, so it needs -dropout above 0")]
 
 
 def build_parser():
@@ -121,10 +124,9 @@ def main(**settings):
     ``settings`` are the flags by name (data=..., output=..., lr=0.0003,
     branches=1, ...; see ``--help``); those left out take their defaults.
     """
-    return training.run_script(
-        "2-stn-cnn-mnist.py", settings, build_parser(), CREATE_DATA, 1, build_model,
-        ("branches", "classdropout"), RECIPE,
-        [("classdropout", "dropout", "acts on the dropout, so it needs -dropout above 0")])
+    return training.run_script("2-stn-cnn-mnist.py", settings, build_parser(),
+                               CREATE_DATA, 1, build_model, ("branches", "classdropout"),
+                               RECIPE, PARTNERS)
 
 
 if __name__ == "__main__":

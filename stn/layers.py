@@ -106,8 +106,9 @@ class TransformerLayer(MergeLayer):
         if self.sharp is True:
             detail = sample(images) - blurred
         else:
-            # At s = 0 the unblurred canvas is not sampled: the lazy branch
-            # must not read ``blurred``, which the sum below may overwrite.
+            # At s = 0 the unblurred canvas is not sampled: the branch that
+            # samples it must not read ``blurred``, which the sum below may
+            # overwrite in place (an ordering that would force the branch).
             share = T.cast(self.sharp, blurred.dtype)
             detail = ifelse(T.gt(share, 0), share * sample(images),
                             T.zeros_like(blurred)) - share * blurred

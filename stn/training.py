@@ -99,11 +99,12 @@ def add_training_flags(parser, default_output, recipe=None):
              "of sqrt(E)); parameters whose gradients are smaller than the floor "
              "take damped steps; the default applies to either rule (default: "
              "%(default)s; None is Lasagne's, 1e-8 for adam, 1e-6 for rmsprop)")
-    add("-ema", "--ema", type=cli.probability, default=0.0,
-        help="validate and test with an exponential moving average of the weights, "
-             "each training step weighing the new weights by 1 - EMA (e.g. 0.999: "
-             "about the last 1000 steps); the checkpoint keeps both (default: "
-             "%(default)s, the weights as trained, the chapter's)")
+    add("-ema", "--ema", type=cli.probability, default=0.0, metavar="DECAY",
+        help="validate, test, and draw the transforms with an exponential moving "
+             "average of the weights: each minibatch step weighs the new weights "
+             "by 1 - DECAY (0.999: about the last 1000 steps); 'Acc Train' stays "
+             "the running one of the trained weights; the checkpoint keeps both "
+             "(default: %(default)s, off: the weights as trained, the chapter's)")
     add("-dropout", "--dropout", type=cli.probability, default=0.0,
         help="dropout before the dense layers, ramped up over epochs 0-4 "
              "(default: %(default)s)")
@@ -296,9 +297,9 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate,
     rmsprop by rate * g / sqrt(v + epsilon), with m and v the running means
     of the gradient and of its square.  With ``ema`` d in (0, 1), ``eval_fn``
     reads an exponential moving average of the trainable parameters instead of
-    the parameters themselves (Polyak averaging): a_t = d a_{t-1} + (1 - d) p_t
-    after step t, from a_0 = 0, divided by 1 - d^t as adam corrects its moments
-    (Kingma & Ba 2015, section 3); before the first step, the parameters.
+    the parameters themselves: a_t = d a_{t-1} + (1 - d) p_t after step t,
+    from a_0 = 0, divided by 1 - d^t (``averaged``); before the first step,
+    the parameters.
     """
     import lasagne
     import theano
@@ -338,22 +339,30 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate,
     return train_fn, eval_fn, sh_lr
 
 
-def averaged(outputs, params, updates, decay):
-    """``outputs`` with each of ``params`` replaced by its bias-corrected
-    exponential moving average; the averages' updates are added to
-    ``updates`` (an OrderedDict holding each parameter's own update), so that
-    they are trained, and checkpointed, with the parameters."""
+def averaged(outputs, params, updates, ema_decay):
+    """``outputs`` (a list of variables) with each of ``params`` replaced by
+    its bias-corrected exponential moving average (Kingma & Ba 2015, section
+    7.2, temporal averaging), ``ema_decay`` in [0, 1); returns the list.  The
+    averages' updates are added to ``updates``, an OrderedDict that must hold
+    each parameter's own update (the average follows the updated value), so
+    that they are trained, and checkpointed, with the parameters."""
     import theano
     import theano.tensor as T
+    if not 0 <= ema_decay < 1:
+        raise ValueError("ema_decay must be in [0, 1), not %r" % (ema_decay,))
     floatx = theano.config.floatX
-    steps = theano.shared(np.asarray(0.0, dtype=floatx), name="ema_steps")
+    # The same rounded decay in the updates and in the correction, so that
+    # the averages' weights sum to 1.
+    decay = np.asarray(ema_decay, dtype=floatx)
+    decay, rest = T.constant(decay), T.constant((1 - decay).astype(floatx))
+    steps = theano.shared(np.asarray(0, dtype=floatx), name="ema_steps")
     updates[steps] = steps + 1
-    correction = T.cast(1 - decay ** steps, floatx)
+    correction = 1 - decay ** steps
     replace = {}
     for param in params:
         average = theano.shared(np.zeros_like(param.get_value()), name="ema_" + str(param),
                                 broadcastable=param.broadcastable)
-        updates[average] = T.cast(decay * average + (1 - decay) * updates[param], floatx)
+        updates[average] = decay * average + rest * updates[param]
         replace[param] = T.switch(steps > 0, average / correction, param)
     return theano.clone(outputs, replace=replace)
 
@@ -432,7 +441,8 @@ def results_path(checkpoint):
 def save_checkpoint(path, train_fn, settings, rng_state, **arrays):
     """Write a checkpoint: the run's settings, every shared variable
     ``train_fn`` uses (parameters, optimizer state, learning rate, dropout level
-    and its random streams), a NumPy generator state and any other ``arrays``."""
+    and its random streams; with -ema the weights' moving averages and their
+    step count), a NumPy generator state and any other ``arrays``."""
     arrays["settings"] = np.array(json.dumps(settings))
     _, keys, pos, has_gauss, gauss = rng_state
     arrays.update(rng_keys=keys, rng_pos=np.array(pos),

@@ -150,20 +150,23 @@ def test_classdropout_goes_to_build_model_and_needs_dropout(tmp_path, sequences1
     assert os.listdir(str(tmp_path)) == []
 
 
-@pytest.mark.parametrize("argv, epsilon", [([], 1e-4), (["-epsilon", "1e-6"], 1e-6)])
-def test_the_epsilon_flag_reaches_build_functions(tmp_path, sequences1, monkeypatch, argv,
-                                                  epsilon):
+@pytest.mark.parametrize("argv, epsilon, ema", [([], 1e-4, 0.0),
+                                                (["-epsilon", "1e-6"], 1e-6, 0.0),
+                                                (["-ema", "0.999"], 1e-4, 0.999)])
+def test_epsilon_and_ema_reach_build_functions(tmp_path, sequences1, monkeypatch, argv,
+                                               epsilon, ema):
     class Built(Exception):
         pass
 
     signature = inspect.signature(training.build_functions)
 
     def built(*args, **kwargs):
-        raise Built(signature.bind(*args, **kwargs).arguments.get("epsilon"))
+        arguments = signature.bind(*args, **kwargs).arguments
+        raise Built(arguments.get("epsilon"), arguments.get("ema"))
     monkeypatch.setattr(training, "build_functions", built)
     with pytest.raises(Built) as caught:
         run(tmp_path, sequences1, **vars(cli.given(script.build_parser(), argv)))
-    assert caught.value.args[0] == epsilon
+    assert caught.value.args == (epsilon, ema)
 
 
 def test_epoch_summary_matches_the_saved_transforms_and_boxes(tmp_path, sequences1,
@@ -375,7 +378,7 @@ def test_a_checkpoint_older_than_the_recipes_flags_resumes_as_it_ran(
     # A run of the former defaults (the sharp crop from the start, one rate,
     # dropout in both networks), its checkpoint stripped of the flags added
     # since: they resume at the chapter's values, not at today's recipe.
-    later = ("sharpepoch", "classdropout", "ratesepoch", "classlr", "loclr")
+    later = ("sharpepoch", "classdropout", "ratesepoch", "classlr", "loclr", "ema")
     run(tmp_path, sequences1, sharp=True, sharpepoch=0, classdropout=False,
         ratesepoch=0, classlr=1.0, loclr=1.0)
     path = str(tmp_path / "res.ckpt.npz")
@@ -389,7 +392,7 @@ def test_a_checkpoint_older_than_the_recipes_flags_resumes_as_it_ran(
     settings = json.loads(str(resumed["settings"]))
     assert {key: settings[key] for key in later} == {
         key: script.build_parser().chapter_defaults[key] for key in later} == dict(
-        sharpepoch=0, classdropout=False, ratesepoch=0, classlr=1.0, loclr=1.0)
+        sharpepoch=0, classdropout=False, ratesepoch=0, classlr=1.0, loclr=1.0, ema=0.0)
     assert transformers[1].sharp is True                 # a constant, as it ran
     assert resumed["history_epoch"].tolist() == [0, 1]
 

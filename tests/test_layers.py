@@ -153,7 +153,8 @@ def test_sharp_outputs_the_plain_crop_with_the_blurred_crops_gradient():
     # A shared sharp s outputs blurred + s * (plain - blurred), with the
     # blurred crop's gradient whatever s.
     # At s = 0 the unblurred canvas is not sampled: its four gathers (one
-    # per bilinear neighbour) do not run.
+    # AdvancedSubtensor1 per bilinear neighbour in bilinear_sample, with
+    # supersample 1) do not run.
     gathers_run = {}
     for s in (0.0, 0.5, 1.0):
         shared_sharp.set_value(np.float32(s))

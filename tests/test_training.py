@@ -142,6 +142,8 @@ def test_ema_evaluates_the_bias_corrected_average_of_the_trained_weights():
         p.set_value((a / (1 - decay ** 3)).astype(np.float32))
     for out, expected in zip(got, as_trained(X)):
         np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\), not 1.0"):
+        training.averaged([], params, {}, 1.0)
 
 
 def test_a_recipe_key_that_names_no_flag_is_refused():
