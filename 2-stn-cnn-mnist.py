@@ -72,21 +72,23 @@ def build_parser():
     return parser
 
 
-def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, blur=0.0,
+def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, jitter=0.0, blur=0.0,
                 sharp=False, supersample=1, branches=1, classdropout=False):
     """The chapter's network for ``dim`` x ``dim`` canvases holding ``num_steps``
     digit (one, here); returns (l_in, l_out, l_A_net, l_transform).  The
     transform starts as a centred crop of ``initzoom`` of the canvas (1: the
-    identity); ``blur``, ``sharp`` and ``supersample`` are the
-    TransformerLayer's.  With ``branches`` > 1, l_A_net gives the branches'
-    transforms side by side (batch, 6 * branches) and l_transform their crops
-    as channels.  With ``classdropout`` the dropout ``sh_drp`` is the
-    classifier's only."""
+    identity); while training, ``jitter`` > 0 adds Gaussian noise of that
+    sigma to the transform the crop is taken with; ``blur``, ``sharp`` and
+    ``supersample`` are the TransformerLayer's.  With ``branches`` > 1,
+    l_A_net gives the branches' transforms side by side (batch, 6 * branches)
+    and l_transform their crops as channels.  With ``classdropout`` the
+    dropout ``sh_drp`` is the classifier's only."""
     import lasagne
     import numpy as np
     import mnist_cnn
-    from lasagne.layers import (ConcatLayer, DenseLayer, DimshuffleLayer, InputLayer,
-                                MaxPool2DLayer, TransformerLayer)
+    from lasagne.layers import (ConcatLayer, DenseLayer, DimshuffleLayer,
+                                GaussianNoiseLayer, InputLayer, MaxPool2DLayer,
+                                TransformerLayer)
     l_in = InputLayer((None, dim, dim))
     l_dim = DimshuffleLayer(l_in, (0, 'x', 1, 2))
 
@@ -106,10 +108,12 @@ def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, blur=0.0,
     # The transformer samples the full-resolution canvas through the predicted
     # transform: a (dim / downsample)-pixel crop for the classifier.  Parallel
     # branches start alike; the classifier's different weights for each crop
-    # channel pull them apart.
-    crops = [TransformerLayer(l_dim, l_A_net, downsample_factor=downsample,
+    # channel pull them apart.  The jitter perturbs the crop in training only.
+    samples = [GaussianNoiseLayer(l_A_net, jitter) if jitter else l_A_net
+               for l_A_net in heads]
+    crops = [TransformerLayer(l_dim, l_sample, downsample_factor=downsample,
                               blur=blur, sharp=sharp, supersample=supersample)
-             for l_A_net in heads]
+             for l_sample in samples]
     if branches == 1:
         l_A_net, l_transform = heads[0], crops[0]
     else:

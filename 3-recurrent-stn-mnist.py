@@ -41,20 +41,22 @@ def build_parser():
     return parser
 
 
-def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, blur=0.0,
+def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, jitter=0.0, blur=0.0,
                 sharp=False, supersample=1):
     """The chapter's recurrent network for ``num_steps`` digits per canvas;
     returns (l_in, l_out, l_A_net, l_transform).  ``l_out`` and ``l_A_net`` give
     one row per (canvas, step), canvas-major: canvas 0 steps 0, 1, 2, canvas 1...
     The transforms start as a centred crop of ``initzoom`` of the canvas (1:
-    the identity); ``blur``, ``sharp`` and ``supersample`` are the
-    TransformerLayer's.
+    the identity); while training, ``jitter`` > 0 adds Gaussian noise of that
+    sigma to the transforms the crops are taken with; ``blur``, ``sharp`` and
+    ``supersample`` are the TransformerLayer's.
     """
     import lasagne
     import numpy as np
     import mnist_cnn
-    from lasagne.layers import (DenseLayer, DimshuffleLayer, GRULayer, InputLayer,
-                                MaxPool2DLayer, ReshapeLayer, TransformerLayer)
+    from lasagne.layers import (DenseLayer, DimshuffleLayer, GaussianNoiseLayer, GRULayer,
+                                InputLayer, MaxPool2DLayer, ReshapeLayer,
+                                TransformerLayer)
     from stn.layers import Repeat
     l_in = InputLayer((None, dim, dim))
     l_dim = DimshuffleLayer(l_in, (0, 'x', 1, 2))
@@ -76,7 +78,8 @@ def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, blur=0.0,
     # Each step's transform samples its own copy of the canvas, in the same
     # canvas-major order as the GRU's reshaped output.
     l_dim_repeat = ReshapeLayer(Repeat(l_dim, n=num_steps), (-1, 1, dim, dim))
-    l_transform = TransformerLayer(l_dim_repeat, l_A_net, downsample_factor=downsample,
+    l_sample = GaussianNoiseLayer(l_A_net, jitter) if jitter else l_A_net
+    l_transform = TransformerLayer(l_dim_repeat, l_sample, downsample_factor=downsample,
                                    blur=blur, sharp=sharp, supersample=supersample)
     l_out = mnist_cnn.model(l_transform, input_dim=dim, p=sh_drp, num_units=400)
     return l_in, l_out, l_A_net, l_transform

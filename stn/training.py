@@ -29,7 +29,7 @@ MIN_CANVAS = 2 * MIN_CROP   # the localization network reads the canvas pooled 2
 WATCH = 6              # the first test canvases whose transforms every epoch keeps
 EPOCHS = 300           # the chapter's maximum number of epochs
 # The flags of the transformer that both scripts pass to their build_model.
-TRANSFORM_FLAGS = ("initzoom", "blur", "sharp", "supersample")
+TRANSFORM_FLAGS = ("initzoom", "jitter", "blur", "sharp", "supersample")
 BLUR_FLAGS = ("sharp", "blurepochs", "blurzoom")
 # The STN scripts' defaults where they differ from the chapter's: the recipe
 # that makes the transformer localise on 100x100 canvases (docs/localisation.md).
@@ -114,6 +114,13 @@ def add_training_flags(parser, default_output, recipe=None):
     add("-initzoom", "--initzoom", type=cli.positive_float, default=1.0,
         help="the transform starts as a centred crop of this fraction of the "
              "canvas (1: the identity, the chapter's) (default: %(default)s)")
+    add("-jitter", "--jitter", type=cli.nonnegative_float, default=0.0, metavar="SIGMA",
+        help="while training, add Gaussian noise of this sigma to each of the "
+             "transform's 6 parameters before the crop (Lasagne's "
+             "GaussianNoiseLayer), so that the classifier learns from crops "
+             "shifted, scaled and turned a little (0.04: 2 pixels of a 100-pixel "
+             "canvas); validation and test crop without it (default: "
+             "%(default)s, none, the chapter's)")
     add("-blur", "--blur", type=cli.nonnegative_float, default=0.0,
         help="blur the canvas on its way into the sampler with a fixed Gaussian "
              "of this sigma in pixels (0: none, the chapter's) (default: %(default)s)")
@@ -176,7 +183,8 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
                model_flags=(), recipe=None, partners=()):
     """What both STN scripts do around their network: check the settings, load
     the data, build the network with ``build_model(dim, num_steps, downsample,
-    sh_drp, initzoom=, blur=, sharp=, supersample=, **model_settings)``,
+    sh_drp, initzoom=, jitter=, blur=, sharp=, supersample=,
+    **model_settings)``,
     compile, train.  ``settings`` are the flags given, by name; ``parser`` the
     script's, whose defaults fill the rest; ``model_flags`` the names of its
     own flags that build_model takes; ``recipe`` its defaults that differ

@@ -115,6 +115,47 @@ def test_initzoom_starts_at_a_centred_crop_and_the_sampling_flags_reach_the_laye
     np.testing.assert_array_equal(l_A_net.b.get_value(), [1, 0, 0, 0, 1, 0])
 
 
+def test_jitter_crops_through_a_noisy_transform_in_training_only():
+    import lasagne
+    import theano
+    import theano.tensor as T
+    from stn.layers import affine_transform
+    sigma = 0.05
+    l_in, _, l_A_net, l_transform = script.build_model(
+        60, 1, 3.0, theano.shared(np.float32(0)), initzoom=0.6, jitter=sigma)
+    l_noise = l_transform.input_layers[1]
+    assert l_noise.input_layer is l_A_net
+    canvases = np.random.RandomState(0).rand(200, 60, 60).astype(np.float32)
+    outputs = theano.function([l_in.input_var], lasagne.layers.get_output(
+        [l_A_net, l_noise, l_transform]))
+    A, jittered, crops = outputs(canvases)
+    noise = jittered - A
+    # 1200 draws of N(0, sigma): the mean within 4 standard errors, the spread within 10%.
+    assert abs(noise.mean()) < 4 * sigma / np.sqrt(noise.size)
+    assert abs(noise.std() / sigma - 1) < 0.1
+    assert len(np.unique(noise)) == noise.size
+    images, theta = T.tensor4(), T.matrix()
+    crop = theano.function([images, theta], affine_transform(theta, images, (3, 3), "nearest"))
+    np.testing.assert_allclose(crops, crop(canvases[:, None], jittered), atol=1e-5)
+    # Validation and test: the transform as predicted.
+    deterministic = lasagne.layers.get_output(l_transform, deterministic=True).eval(
+        {l_in.input_var: canvases})
+    np.testing.assert_allclose(deterministic, crop(canvases[:, None], A), atol=1e-5)
+
+
+@pytest.mark.parametrize("argv, jitter", [([], 0.0), (["-jitter", "0.04"], 0.04)])
+def test_jitter_goes_to_build_model(tmp_path, sequences1, monkeypatch, argv, jitter):
+    class Built(Exception):
+        pass
+
+    def built(*args, **kwargs):
+        raise Built(kwargs["jitter"])
+    monkeypatch.setattr(script, "build_model", built)
+    with pytest.raises(Built) as caught:
+        run(tmp_path, sequences1, **vars(cli.given(script.build_parser(), argv)))
+    assert caught.value.args[0] == jitter
+
+
 @pytest.mark.parametrize("classdropout", [False, True])
 def test_classdropout_leaves_the_localization_network_without_dropout(classdropout):
     import lasagne
@@ -367,7 +408,8 @@ def test_a_checkpoint_older_than_the_sampling_flags_resumes_as_the_chapter(
     data.save_npz(path, **ckpt)
     resumed = script.main(resume=path, epochs=2)
     settings = json.loads(str(resumed["settings"]))
-    assert (settings["blur"], settings["initzoom"], settings["supersample"]) == (0.0, 1.0, 1)
+    assert (settings["blur"], settings["initzoom"], settings["supersample"],
+            settings["jitter"]) == (0.0, 1.0, 1, 0.0)
     assert resumed["history_zoom_x"].shape == (2, 1)
     assert np.isnan(resumed["history_zoom_x"][0]).all()
     assert np.isfinite(resumed["history_zoom_x"][1]).all()
@@ -471,6 +513,7 @@ def test_a_canvas_too_small_for_the_localization_network_is_refused(tmp_path):
     (["-downsample", "1,2,3"], "argument -downsample/--downsample: '1,2,3': give one "
                                "number or two (rows,cols)"),
     (["-blur", "-1"], "argument -blur/--blur: must be 0 or more"),
+    (["-jitter", "-0.1"], "argument -jitter/--jitter: must be 0 or more"),
     (["-supersample", "0"], "argument -supersample/--supersample: must be at least 1"),
     (["-initzoom", "0"], "argument -initzoom/--initzoom: must be a positive number"),
     (["-epsilon", "0"], "argument -epsilon/--epsilon: must be a positive number"),

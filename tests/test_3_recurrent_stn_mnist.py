@@ -54,6 +54,25 @@ def test_crop_k_of_canvas_i_comes_from_canvas_i():
             np.testing.assert_allclose(crops[i * STEPS + k], expected[0], atol=1e-6)
 
 
+def test_jitter_moves_each_step_of_each_canvas_in_training_only():
+    sh_drp = theano.shared(lasagne.utils.floatX(0.0))
+    l_in, _, l_A_net, l_transform = script.build_model(DIM, STEPS, 2.0, sh_drp, jitter=0.1)
+    l_noise = l_transform.input_layers[1]
+    canvases = {l_in.input_var: np.random.RandomState(3).rand(4, DIM, DIM).astype(np.float32)}
+    A, jittered = theano.function([l_in.input_var], lasagne.layers.get_output(
+        [l_A_net, l_noise]))(canvases[l_in.input_var])
+    noise = jittered - A
+    assert noise.shape == (4 * STEPS, 6) and len(np.unique(noise)) == noise.size
+    assert 0.05 < noise.std() < 0.2
+    trained, tested = (lasagne.layers.get_output(l_transform, deterministic=d).eval(canvases)
+                       for d in (False, True))
+    A_expr = lasagne.layers.get_output(l_A_net, deterministic=True)
+    untouched = lasagne.layers.get_output(l_transform, {l_noise: A_expr},
+                                          deterministic=True).eval(canvases)
+    np.testing.assert_allclose(tested, untouched, atol=1e-6)
+    assert np.abs(trained - tested).max() > 1e-3
+
+
 def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences3, capsys):
     output = str(tmp_path / "res3.npz")
     script.main(data=sequences3, output=output, epochs=1, batch_size=25)
