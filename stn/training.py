@@ -361,8 +361,8 @@ def averaged(outputs, params, updates, ema_decay):
     floatx = theano.config.floatX
     # The same rounded decay in the updates and in the correction, so that
     # the averages' weights sum to 1.
-    decay = np.asarray(ema_decay, dtype=floatx)
-    decay, rest = T.constant(decay), T.constant((1 - decay).astype(floatx))
+    rounded = np.asarray(ema_decay, dtype=floatx)
+    decay, rest = T.constant(rounded), T.constant((1 - rounded).astype(floatx))
     steps = theano.shared(np.asarray(0, dtype=floatx), name="ema_steps")
     updates[steps] = steps + 1
     correction = 1 - decay ** steps
