@@ -121,6 +121,9 @@ def add_training_flags(parser, default_output, recipe=None):
              "shifted, scaled and turned a little (0.04: 2 pixels of a 100-pixel "
              "canvas); validation and test crop without it (default: "
              "%(default)s, none, the chapter's)")
+    add("-jitterepoch", "--jitterepoch", type=cli.nonnegative_int, default=0,
+        help="with -jitter, the noise starts at this epoch, once the transform "
+             "has found the digit (0: from the start) (default: %(default)s)")
     add("-blur", "--blur", type=cli.nonnegative_float, default=0.0,
         help="blur the canvas on its way into the sampler with a fixed Gaussian "
              "of this sigma in pixels (0: none, the chapter's) (default: %(default)s)")
@@ -212,6 +215,8 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
              for flag in BLUR_FLAGS]
     needs += [("sharpepoch", settings["sharp"],
                "the epoch from which -sharp applies, so it needs -sharp"),
+              ("jitterepoch", settings["jitter"],
+               "the epoch from which -jitter applies, so it needs -jitter above 0"),
               ("ratesepoch", two_rates(settings), "the epoch from which -loclr and "
                "-classlr apply, so it needs one of them other than 1")]
     needs += [(flag, settings[partner], why) for flag, partner, why in partners]
@@ -255,6 +260,8 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
     shared = {"dropout": theano.shared(lasagne.utils.floatX(0.0), name="dropout")}
     if settings["blurepochs"] or settings["blurzoom"]:
         shared["blur"] = theano.shared(lasagne.utils.floatX(settings["blur"]), name="blur")
+    if jitter_later(settings):
+        shared["jitter"] = theano.shared(lasagne.utils.floatX(0.0), name="jitter")
     if sharp_later(settings):
         shared["sharp"] = theano.shared(lasagne.utils.floatX(0.0), name="sharp")
     if two_rates(settings):
@@ -264,6 +271,7 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
     l_in, l_out, l_A_net, _ = build_model(
         dim, num_steps, settings["downsample"], shared["dropout"],
         **dict({key: settings[key] for key in TRANSFORM_FLAGS + tuple(model_flags)},
+               jitter=shared.get("jitter", settings["jitter"]),
                blur=shared.get("blur", settings["blur"]),
                sharp=shared.get("sharp", settings["sharp"])))
     print("Compiling the training and evaluation functions...")
@@ -394,9 +402,11 @@ def scheduled(settings, epoch, zoom=None):
     times ``zoom`` (at most 1), the transform's mean zoom in the last epoch
     (``initzoom`` before the first), so that the blur follows the spacing of
     the sampled points as an anti-aliasing filter should (Jaderberg et al.
-    2015, section 3.4); with ``sharp`` and ``sharpepoch``, sharp: 0 before
-    that epoch, 1 from it on; with ``loclr`` or ``classlr``, both rate
-    factors: 1 before epoch ``ratesepoch``, theirs from it on."""
+    2015, section 3.4); with ``jitter`` and ``jitterepoch``, the jitter: 0
+    before that epoch, ``jitter`` from it on; with ``sharp`` and
+    ``sharpepoch``, sharp: 0 before that epoch, 1 from it on; with ``loclr``
+    or ``classlr``, both rate factors: 1 before epoch ``ratesepoch``, theirs
+    from it on."""
     values = {"dropout": settings["dropout"] * min(epoch, DROPOUT_RAMP) / DROPOUT_RAMP}
     if settings.get("blurepochs") or settings.get("blurzoom"):
         values["blur"] = settings["blur"]
@@ -404,12 +414,20 @@ def scheduled(settings, epoch, zoom=None):
         values["blur"] *= max(0.0, 1 - epoch / settings["blurepochs"])
     if settings.get("blurzoom"):
         values["blur"] *= min(1.0, settings["initzoom"] if zoom is None else zoom)
+    if jitter_later(settings):
+        values["jitter"] = settings["jitter"] if epoch >= settings["jitterepoch"] else 0.0
     if sharp_later(settings):
         values["sharp"] = float(epoch >= settings["sharpepoch"])
     if two_rates(settings):
         for name in RATE_FACTORS:
             values[name] = 1.0 if epoch < settings["ratesepoch"] else settings[name]
     return values
+
+
+def jitter_later(settings):
+    """Whether the jitter starts at epoch ``jitterepoch`` (``-jitter`` with
+    ``-jitterepoch`` above 0)."""
+    return bool(settings.get("jitter") and settings.get("jitterepoch"))
 
 
 def sharp_later(settings):
@@ -650,7 +668,7 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
     variables that hold them; ``dataset`` comes from ``data.load_sequences``;
     ``settings`` holds the script's flags (epochs, batch_size, lr,
     decayinterval, decayfac, nodecay, dropout, blur, blurepochs, blurzoom,
-    sharp, sharpepoch, initzoom, classlr, loclr, ratesepoch, patience,
+    sharp, sharpepoch, jitter, jitterepoch, initzoom, classlr, loclr, ratesepoch, patience,
     train_eval, seed, output, checkpoint, script).
     """
     X_train, y_train = dataset["X_train"], dataset["y_train"]

@@ -279,6 +279,16 @@ def test_sharpepoch_reaches_the_layer_as_a_shared_switch(tmp_path, sequences1, t
     assert layers[2].sharp is True                   # from the start: a constant
 
 
+def test_jitterepoch_reaches_the_noise_as_a_shared_sigma(tmp_path, sequences1, transformers):
+    layers = transformers
+    run(tmp_path, sequences1, epochs=1, jitter=0.05, jitterepoch=1)
+    assert layers[0].input_layers[1].sigma.get_value() == 0      # epoch 0: no noise
+    script.main(resume=str(tmp_path / "res.ckpt.npz"), epochs=2)
+    np.testing.assert_allclose(layers[1].input_layers[1].sigma.get_value(), 0.05)
+    run(tmp_path, sequences1, jitter=0.05, jitterepoch=0)
+    assert layers[2].input_layers[1].sigma == 0.05               # from the start: a constant
+
+
 def test_a_blur_that_follows_the_zoom(tmp_path, sequences1):
     settings = dict(dropout=0.0, blur=1.5, blurzoom=True, initzoom=0.6)
     assert training.scheduled(settings, 0)["blur"] == pytest.approx(0.9)    # 1.5 * 0.6
@@ -400,7 +410,7 @@ def test_a_checkpoint_older_than_the_sampling_flags_resumes_as_the_chapter(
     path = str(tmp_path / "res.ckpt.npz")
     ckpt = data.load_npz(path)
     settings = json.loads(str(ckpt["settings"]))
-    for key in training.TRANSFORM_FLAGS + ("blurepochs", "sharpepoch"):
+    for key in training.TRANSFORM_FLAGS + ("blurepochs", "sharpepoch", "jitterepoch"):
         del settings[key]
     ckpt["settings"] = np.array(json.dumps(settings))
     for key in ("blur", "watch_A") + tuple(localization.STATS):
@@ -474,6 +484,12 @@ def test_a_blur_flag_without_blur_is_refused(tmp_path, sequences1, flag, value):
 def test_sharpepoch_without_sharp_is_refused(tmp_path, sequences1):
     with pytest.raises(UserError, match="-sharpepoch: .* so it needs -sharp$"):
         run(tmp_path, sequences1, sharp=False, sharpepoch=2)
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_jitterepoch_without_jitter_is_refused(tmp_path, sequences1):
+    with pytest.raises(UserError, match="-jitterepoch: .* so it needs -jitter above 0$"):
+        run(tmp_path, sequences1, jitter=0.0, jitterepoch=2)
     assert os.listdir(str(tmp_path)) == []
 
 

@@ -116,6 +116,14 @@ def test_the_classifier_reads_the_sharp_crop_from_sharpepoch_on():
     assert "sharp" not in training.scheduled(dict(settings, sharp=False), 0)
 
 
+def test_the_jitter_starts_at_jitterepoch():
+    settings = dict(training.default_settings(training.RECIPE), jitter=0.05, jitterepoch=2)
+    assert [training.scheduled(settings, epoch)["jitter"] for epoch in range(4)] == [
+        0.0, 0.0, 0.05, 0.05]
+    assert "jitter" not in training.scheduled(dict(settings, jitterepoch=0), 0)
+    assert "jitter" not in training.scheduled(dict(settings, jitter=0.0), 0)
+
+
 def test_ema_evaluates_the_bias_corrected_average_of_the_trained_weights():
     import lasagne
     import theano
