@@ -77,8 +77,9 @@ def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, jitter=0.0, bl
     """The chapter's network for ``dim`` x ``dim`` canvases holding ``num_steps``
     digit (one, here); returns (l_in, l_out, l_A_net, l_transform).  The
     transform starts as a centred crop of ``initzoom`` of the canvas (1: the
-    identity); while training, ``jitter`` > 0 adds Gaussian noise of that
-    sigma to the transform the crop is taken with; ``blur``, ``sharp`` and
+    identity); while training, ``jitter`` > 0 (a float, or a shared scalar)
+    adds Gaussian noise of that sigma to the transform the crop is taken with
+    (``stn.layers.jittered``, which gives the units); ``blur``, ``sharp`` and
     ``supersample`` are the TransformerLayer's.  With ``branches`` > 1,
     l_A_net gives the branches' transforms side by side (batch, 6 * branches)
     and l_transform their crops as channels.  With ``classdropout`` the
@@ -86,9 +87,9 @@ def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, jitter=0.0, bl
     import lasagne
     import numpy as np
     import mnist_cnn
-    from lasagne.layers import (ConcatLayer, DenseLayer, DimshuffleLayer,
-                                GaussianNoiseLayer, InputLayer, MaxPool2DLayer,
-                                TransformerLayer)
+    from lasagne.layers import (ConcatLayer, DenseLayer, DimshuffleLayer, InputLayer,
+                                MaxPool2DLayer, TransformerLayer)
+    from stn.layers import jittered
     l_in = InputLayer((None, dim, dim))
     l_dim = DimshuffleLayer(l_in, (0, 'x', 1, 2))
 
@@ -109,11 +110,9 @@ def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, jitter=0.0, bl
     # transform: a (dim / downsample)-pixel crop for the classifier.  Parallel
     # branches start alike; the classifier's different weights for each crop
     # channel pull them apart.  The jitter perturbs the crop in training only.
-    samples = [GaussianNoiseLayer(l_A_net, jitter) if jitter else l_A_net
-               for l_A_net in heads]
-    crops = [TransformerLayer(l_dim, l_sample, downsample_factor=downsample,
+    crops = [TransformerLayer(l_dim, l_theta, downsample_factor=downsample,
                               blur=blur, sharp=sharp, supersample=supersample)
-             for l_sample in samples]
+             for l_theta in jittered(heads, jitter)]
     if branches == 1:
         l_A_net, l_transform = heads[0], crops[0]
     else:

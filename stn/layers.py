@@ -1,4 +1,5 @@
-"""The layers the chapter uses that Lasagne 0.1 lacks: TransformerLayer, Repeat."""
+"""The layers the chapter uses that Lasagne 0.1 lacks: TransformerLayer, Repeat;
+and ``jittered``, the transform's training noise."""
 import sys
 
 import numpy as np
@@ -6,6 +7,7 @@ import theano
 import theano.tensor as T
 from theano.ifelse import ifelse
 import lasagne.layers
+import lasagne.random
 import lasagne.utils
 from lasagne.layers.base import Layer, MergeLayer
 
@@ -250,6 +252,30 @@ def gaussian_blur(images, sigma, radius):
     blurred = T.nnet.conv2d(blurred, kernel.reshape((1, 1, 1, width_k)),
                             filter_shape=(1, 1, 1, width_k))
     return blurred.reshape((batch, channels, height, width))
+
+
+def jittered(heads, sigma):
+    """The transforms of the layers ``heads`` (each (batch, 6)) with Gaussian
+    noise of ``sigma`` added to every parameter while training (Lasagne's
+    GaussianNoiseLayer; none in a deterministic pass), one noise layer each;
+    ``heads`` itself when ``sigma`` is 0.
+
+    ``sigma`` (a float, or a Theano shared scalar that a schedule sets) is in
+    the transform's normalised units, where the canvas spans [-1, 1]: on a
+    shift it moves the crop by sigma * (W - 1) / 2 pixels, on a diagonal entry
+    it changes the crop's side by sigma of the canvas's.  The noise layers take
+    their streams' seeds from Lasagne's generator, which is then put back as
+    it was, so that the layers built after them start from the same weights
+    as without the noise.
+    """
+    from lasagne.layers import GaussianNoiseLayer
+    if not isinstance(sigma, theano.Variable) and not sigma:
+        return list(heads)
+    rng = lasagne.random.get_rng()
+    state = rng.get_state()
+    noisy = [GaussianNoiseLayer(head, sigma) for head in heads]
+    rng.set_state(state)
+    return noisy
 
 
 class Repeat(Layer):

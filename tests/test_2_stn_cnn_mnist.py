@@ -121,6 +121,7 @@ def test_jitter_crops_through_a_noisy_transform_in_training_only():
     import theano.tensor as T
     from stn.layers import affine_transform
     sigma = 0.05
+    lasagne.random.set_rng(np.random.RandomState(0))
     l_in, _, l_A_net, l_transform = script.build_model(
         60, 1, 3.0, theano.shared(np.float32(0)), initzoom=0.6, jitter=sigma)
     l_noise = l_transform.input_layers[1]
@@ -141,6 +142,20 @@ def test_jitter_crops_through_a_noisy_transform_in_training_only():
     deterministic = lasagne.layers.get_output(l_transform, deterministic=True).eval(
         {l_in.input_var: canvases})
     np.testing.assert_allclose(deterministic, crop(canvases[:, None], A), atol=1e-5)
+
+
+def test_the_jitter_leaves_the_starting_weights_as_they_were():
+    import lasagne
+    import theano
+    weights = []
+    for jitter in (0.0, 0.05):
+        lasagne.random.set_rng(np.random.RandomState(3))
+        _, l_out, _, _ = script.build_model(60, 1, 3.0, theano.shared(np.float32(0)),
+                                            jitter=jitter)
+        weights.append([p.get_value() for p in lasagne.layers.get_all_params(l_out)])
+    assert len(weights[0]) == len(weights[1])
+    for plain, noisy in zip(*weights):
+        np.testing.assert_array_equal(plain, noisy)
 
 
 @pytest.mark.parametrize("argv, jitter", [([], 0.0), (["-jitter", "0.04"], 0.04)])

@@ -56,6 +56,7 @@ def test_crop_k_of_canvas_i_comes_from_canvas_i():
 
 def test_jitter_moves_each_step_of_each_canvas_in_training_only():
     sh_drp = theano.shared(lasagne.utils.floatX(0.0))
+    lasagne.random.set_rng(np.random.RandomState(0))
     l_in, _, l_A_net, l_transform = script.build_model(DIM, STEPS, 2.0, sh_drp, jitter=0.1)
     l_noise = l_transform.input_layers[1]
     canvases = {l_in.input_var: np.random.RandomState(3).rand(4, DIM, DIM).astype(np.float32)}

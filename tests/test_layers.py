@@ -6,7 +6,7 @@ import theano
 import theano.tensor as T
 from scipy import ndimage
 
-from stn.layers import Repeat, TransformerLayer
+from stn.layers import Repeat, TransformerLayer, jittered
 
 SCIPY_MODE = {"nearest": "nearest", "mirror": "mirror", "wrap": "grid-wrap"}
 
@@ -214,6 +214,23 @@ def test_bad_construction_is_a_clear_value_error():
         TransformerLayer((None, 1, 10, 10), (None, 6), blur=-1)
     with pytest.raises(ValueError, match="supersample must be a whole number"):
         TransformerLayer((None, 1, 10, 10), (None, 6), supersample=1.5)
+
+
+def test_jittered_adds_a_stream_of_noise_per_head_and_leaves_the_generator_alone():
+    heads = [lasagne.layers.InputLayer((None, 6)) for _ in range(2)]
+    assert jittered(heads, 0.0) == heads
+    lasagne.random.set_rng(np.random.RandomState(5))
+    noisy = jittered(heads, theano.shared(np.float32(0.1)))
+    # The next draw is the one it would have been without the noise layers.
+    assert lasagne.random.get_rng().rand() == np.random.RandomState(5).rand()
+    A = np.tile(np.float32([0.5, 0, 0.1, 0, 0.5, -0.1]), (500, 1))
+    trained = theano.function([h.input_var for h in heads], lasagne.layers.get_output(noisy))
+    first, second = (out - A for out in trained(A, A))
+    assert abs(first.std() - 0.1) < 0.01 and abs(second.std() - 0.1) < 0.01
+    assert abs(np.corrcoef(first.ravel(), second.ravel())[0, 1]) < 0.1   # their own streams
+    tested = lasagne.layers.get_output(noisy[0], deterministic=True).eval(
+        {heads[0].input_var: A})
+    np.testing.assert_array_equal(tested, A)
 
 
 def test_repeat_shapes_and_order():
