@@ -28,8 +28,11 @@ MIN_CROP = 16          # the smallest crop the MNIST CNN (two 5x5 convs and pool
 MIN_CANVAS = 2 * MIN_CROP   # the localization network reads the canvas pooled 2x2
 WATCH = 6              # the first test canvases whose transforms every epoch keeps
 EPOCHS = 300           # the chapter's maximum number of epochs
-# The flags of the transformer that both scripts pass to their build_model.
+# The flags of the transform and its sampling that both scripts pass to their
+# build_model.
 TRANSFORM_FLAGS = ("initzoom", "jitter", "blur", "sharp", "supersample")
+# The flags that -NAMEepoch can hold off until that epoch (``starts_later``).
+LATER_FLAGS = ("jitter", "sharp")
 BLUR_FLAGS = ("sharp", "blurepochs", "blurzoom")
 # The STN scripts' defaults where they differ from the chapter's: the recipe
 # that makes the transformer localise on 100x100 canvases (docs/localisation.md).
@@ -118,9 +121,10 @@ def add_training_flags(parser, default_output, recipe=None):
         help="while training, add Gaussian noise of this sigma to each of the "
              "transform's 6 parameters before the crop (Lasagne's "
              "GaussianNoiseLayer), so that the classifier learns from crops "
-             "shifted, scaled and turned a little (0.04: 2 pixels of a 100-pixel "
-             "canvas); validation and test crop without it (default: "
-             "%(default)s, none, the chapter's)")
+             "shifted, scaled and turned a little; in the transform's units, "
+             "the canvas spanning -1 to 1: 0.04 shifts by 2 pixels of a "
+             "100-pixel canvas and scales by 4%% of its side; validation and "
+             "test crop without it (0: none, the chapter's) (default: %(default)s)")
     add("-jitterepoch", "--jitterepoch", type=cli.nonnegative_int, default=0,
         help="with -jitter, the noise starts at this epoch, once the transform "
              "has found the digit (0: from the start) (default: %(default)s)")
@@ -186,8 +190,7 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
                model_flags=(), recipe=None, partners=()):
     """What both STN scripts do around their network: check the settings, load
     the data, build the network with ``build_model(dim, num_steps, downsample,
-    sh_drp, initzoom=, jitter=, blur=, sharp=, supersample=,
-    **model_settings)``,
+    sh_drp, initzoom=, jitter=, blur=, sharp=, supersample=, **model_settings)``,
     compile, train.  ``settings`` are the flags given, by name; ``parser`` the
     script's, whose defaults fill the rest; ``model_flags`` the names of its
     own flags that build_model takes; ``recipe`` its defaults that differ
@@ -260,10 +263,9 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
     shared = {"dropout": theano.shared(lasagne.utils.floatX(0.0), name="dropout")}
     if settings["blurepochs"] or settings["blurzoom"]:
         shared["blur"] = theano.shared(lasagne.utils.floatX(settings["blur"]), name="blur")
-    if jitter_later(settings):
-        shared["jitter"] = theano.shared(lasagne.utils.floatX(0.0), name="jitter")
-    if sharp_later(settings):
-        shared["sharp"] = theano.shared(lasagne.utils.floatX(0.0), name="sharp")
+    for name in LATER_FLAGS:
+        if starts_later(settings, name):
+            shared[name] = theano.shared(lasagne.utils.floatX(0.0), name=name)
     if two_rates(settings):
         for name in RATE_FACTORS:
             shared[name] = theano.shared(lasagne.utils.floatX(1.0), name=name)
@@ -414,26 +416,21 @@ def scheduled(settings, epoch, zoom=None):
         values["blur"] *= max(0.0, 1 - epoch / settings["blurepochs"])
     if settings.get("blurzoom"):
         values["blur"] *= min(1.0, settings["initzoom"] if zoom is None else zoom)
-    if jitter_later(settings):
-        values["jitter"] = settings["jitter"] if epoch >= settings["jitterepoch"] else 0.0
-    if sharp_later(settings):
-        values["sharp"] = float(epoch >= settings["sharpepoch"])
+    for name in LATER_FLAGS:
+        if starts_later(settings, name):
+            on = epoch >= settings[name + "epoch"]
+            values[name] = float(settings[name]) if on else 0.0
     if two_rates(settings):
         for name in RATE_FACTORS:
             values[name] = 1.0 if epoch < settings["ratesepoch"] else settings[name]
     return values
 
 
-def jitter_later(settings):
-    """Whether the jitter starts at epoch ``jitterepoch`` (``-jitter`` with
-    ``-jitterepoch`` above 0)."""
-    return bool(settings.get("jitter") and settings.get("jitterepoch"))
-
-
-def sharp_later(settings):
-    """Whether the classifier switches from the blurred crop to the sharp one
-    at epoch ``sharpepoch`` (``-sharp`` with ``-sharpepoch`` above 0)."""
-    return bool(settings.get("sharp") and settings.get("sharpepoch"))
+def starts_later(settings, name):
+    """Whether the setting ``name`` ("sharp": the classifier switches from the
+    blurred crop to the sharp one; "jitter") is off before epoch
+    ``settings[name + "epoch"]`` and on from it: set, with that epoch above 0."""
+    return bool(settings.get(name) and settings.get(name + "epoch"))
 
 
 def two_rates(settings):
@@ -668,8 +665,8 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
     variables that hold them; ``dataset`` comes from ``data.load_sequences``;
     ``settings`` holds the script's flags (epochs, batch_size, lr,
     decayinterval, decayfac, nodecay, dropout, blur, blurepochs, blurzoom,
-    sharp, sharpepoch, jitter, jitterepoch, initzoom, classlr, loclr, ratesepoch, patience,
-    train_eval, seed, output, checkpoint, script).
+    sharp, sharpepoch, jitter, jitterepoch, initzoom, classlr, loclr,
+    ratesepoch, patience, train_eval, seed, output, checkpoint, script).
     """
     X_train, y_train = dataset["X_train"], dataset["y_train"]
     num_steps = y_train.shape[1]
@@ -757,6 +754,8 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
             if two_rates(settings):
                 rates = " (classifier x%g, localization x%g)" % tuple(
                     values[name] for name in RATE_FACTORS)
+            if "jitter" in values:
+                rates += ", jitter %g" % values["jitter"]
             print("Loss %.4f, lr %.3g%s, %.0f s (training %.0f s)"
                   % (train_loss, float(sh_lr.get_value()), rates, seconds, train_seconds))
             sys.stdout.flush()

@@ -52,7 +52,7 @@ def test_the_documented_chapter_command_gives_the_chapters_settings():
                    epsilon=1e-6)                  # Lasagne's rmsprop epsilon
     # -ratesepoch and -sharpepoch are left to the recipe: with no rate factor
     # and no -sharp they act on nothing.
-    assert not training.two_rates(args) and not training.sharp_later(args)
+    assert not training.two_rates(args) and not training.starts_later(args, "sharp")
     assert ({key: args[key] for key in script.RECIPE if not key.endswith("epoch")}
             == {key: chapter[key] for key in script.RECIPE if not key.endswith("epoch")})
 
@@ -158,17 +158,26 @@ def test_the_jitter_leaves_the_starting_weights_as_they_were():
         np.testing.assert_array_equal(plain, noisy)
 
 
-@pytest.mark.parametrize("argv, jitter", [([], 0.0), (["-jitter", "0.04"], 0.04)])
-def test_jitter_goes_to_build_model(tmp_path, sequences1, monkeypatch, argv, jitter):
-    class Built(Exception):
+def called_with(monkeypatch, owner, name, tmp_path, sequences, argv):
+    """The arguments, by name, that the script run with the flags ``argv``
+    passes to ``owner.name``, which stops the run there."""
+    class Called(Exception):
         pass
 
-    def built(*args, **kwargs):
-        raise Built(kwargs["jitter"])
-    monkeypatch.setattr(script, "build_model", built)
-    with pytest.raises(Built) as caught:
-        run(tmp_path, sequences1, **vars(cli.given(script.build_parser(), argv)))
-    assert caught.value.args[0] == jitter
+    signature = inspect.signature(getattr(owner, name))
+
+    def stop(*args, **kwargs):
+        raise Called(signature.bind(*args, **kwargs).arguments)
+    monkeypatch.setattr(owner, name, stop)
+    with pytest.raises(Called) as caught:
+        run(tmp_path, sequences, **vars(cli.given(script.build_parser(), argv)))
+    return caught.value.args[0]
+
+
+@pytest.mark.parametrize("argv, jitter", [([], 0.0), (["-jitter", "0.04"], 0.04)])
+def test_jitter_goes_to_build_model(tmp_path, sequences1, monkeypatch, argv, jitter):
+    assert called_with(monkeypatch, script, "build_model", tmp_path, sequences1,
+                       argv)["jitter"] == jitter
 
 
 @pytest.mark.parametrize("classdropout", [False, True])
@@ -189,17 +198,10 @@ def test_classdropout_leaves_the_localization_network_without_dropout(classdropo
 
 def test_classdropout_goes_to_build_model_and_needs_dropout(tmp_path, sequences1,
                                                             monkeypatch):
-    class Built(Exception):
-        pass
-
-    def built(*args, **kwargs):
-        raise Built(kwargs["classdropout"])
-    monkeypatch.setattr(script, "build_model", built)
     for argv, classdropout in (([], True), (["-classdropout"], True),
                                (["--no-classdropout"], False)):
-        with pytest.raises(Built) as caught:
-            run(tmp_path, sequences1, **vars(cli.given(script.build_parser(), argv)))
-        assert caught.value.args[0] is classdropout
+        assert called_with(monkeypatch, script, "build_model", tmp_path, sequences1,
+                           argv)["classdropout"] is classdropout
     with pytest.raises(UserError, match="-classdropout: acts on the dropout, so it needs "
                        "-dropout above 0"):
         run(tmp_path, sequences1, classdropout=True, dropout=0.0)
@@ -211,18 +213,9 @@ def test_classdropout_goes_to_build_model_and_needs_dropout(tmp_path, sequences1
                                                 (["-ema", "0.999"], 1e-4, 0.999)])
 def test_epsilon_and_ema_reach_build_functions(tmp_path, sequences1, monkeypatch, argv,
                                                epsilon, ema):
-    class Built(Exception):
-        pass
-
-    signature = inspect.signature(training.build_functions)
-
-    def built(*args, **kwargs):
-        arguments = signature.bind(*args, **kwargs).arguments
-        raise Built(arguments.get("epsilon"), arguments.get("ema"))
-    monkeypatch.setattr(training, "build_functions", built)
-    with pytest.raises(Built) as caught:
-        run(tmp_path, sequences1, **vars(cli.given(script.build_parser(), argv)))
-    assert caught.value.args == (epsilon, ema)
+    arguments = called_with(monkeypatch, training, "build_functions", tmp_path,
+                            sequences1, argv)
+    assert (arguments.get("epsilon"), arguments.get("ema")) == (epsilon, ema)
 
 
 def test_epoch_summary_matches_the_saved_transforms_and_boxes(tmp_path, sequences1,
@@ -294,12 +287,15 @@ def test_sharpepoch_reaches_the_layer_as_a_shared_switch(tmp_path, sequences1, t
     assert layers[2].sharp is True                   # from the start: a constant
 
 
-def test_jitterepoch_reaches_the_noise_as_a_shared_sigma(tmp_path, sequences1, transformers):
+def test_jitterepoch_reaches_the_noise_as_a_shared_sigma(tmp_path, sequences1, transformers,
+                                                         capsys):
     layers = transformers
     run(tmp_path, sequences1, epochs=1, jitter=0.05, jitterepoch=1)
     assert layers[0].input_layers[1].sigma.get_value() == 0      # epoch 0: no noise
+    assert ", jitter 0, " in capsys.readouterr().out
     script.main(resume=str(tmp_path / "res.ckpt.npz"), epochs=2)
     np.testing.assert_allclose(layers[1].input_layers[1].sigma.get_value(), 0.05)
+    assert ", jitter 0.05, " in capsys.readouterr().out
     run(tmp_path, sequences1, jitter=0.05, jitterepoch=0)
     assert layers[2].input_layers[1].sigma == 0.05               # from the start: a constant
 
