@@ -164,10 +164,12 @@ def called_with(monkeypatch, owner, name, tmp_path, sequences, argv):
     class Called(Exception):
         pass
 
-    signature = inspect.signature(getattr(owner, name))
+    real = getattr(owner, name)
+    signature = inspect.signature(real)   # the real one's, even if already replaced
 
     def stop(*args, **kwargs):
         raise Called(signature.bind(*args, **kwargs).arguments)
+    stop.__wrapped__ = real
     monkeypatch.setattr(owner, name, stop)
     with pytest.raises(Called) as caught:
         run(tmp_path, sequences, **vars(cli.given(script.build_parser(), argv)))
