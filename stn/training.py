@@ -108,6 +108,11 @@ def add_training_flags(parser, default_output, recipe=None):
              "by 1 - DECAY (0.999: about the last 1000 steps); 'Acc Train' stays "
              "the running one of the trained weights; the checkpoint keeps both "
              "(default: %(default)s, off: the weights as trained, the chapter's)")
+    add("-l2", "--l2", type=cli.nonnegative_float, default=0.0, metavar="LAMBDA",
+        help="add LAMBDA times the sum of the squared weights of the classifier "
+             "(Lasagne's l2 penalty; not its biases, not the localization "
+             "network) to the loss the gradients are taken of; the printed loss "
+             "stays the cross-entropy (default: %(default)s, none, the chapter's)")
     add("-dropout", "--dropout", type=cli.probability, default=0.0,
         help="dropout before the dense layers, ramped up over epochs 0-4 "
              "(default: %(default)s)")
@@ -281,7 +286,7 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
     train_fn, eval_fn, sh_lr = build_functions(
         l_in.input_var, l_out, l_A_net, settings["optimizer"], settings["lr"],
         tuple(shared[name] for name in RATE_FACTORS) if two_rates(settings) else None,
-        settings["epsilon"], settings["ema"])
+        settings["epsilon"], settings["ema"], settings["l2"])
     print(ready_line(start))
     results = fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=resume)
     print("Results in %s, checkpoint in %s" % (settings["output"],
@@ -298,7 +303,7 @@ def ready_line(compile_start):
 
 
 def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate,
-                    rate_factors=None, epsilon=None, ema=0.0):
+                    rate_factors=None, epsilon=None, ema=0.0, l2=0.0):
     """Compile the chapter's functions for a classifier reading ``num_steps`` crops.
 
     ``l_out`` gives (batch * num_steps, 10) class probabilities, sample-major,
@@ -330,7 +335,8 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate,
     cost = T.mean(T.nnet.categorical_crossentropy(output_train + LOG_EPSILON,
                                                   target_var.flatten()))
     params = lasagne.layers.get_all_params(l_out, trainable=True)
-    grads = [T.clip(g, -CLIP_GRADIENT, CLIP_GRADIENT) for g in T.grad(cost, params)]
+    objective = cost + l2 * classifier_l2(l_out, l_A_net) if l2 else cost
+    grads = [T.clip(g, -CLIP_GRADIENT, CLIP_GRADIENT) for g in T.grad(objective, params)]
     grads = lasagne.updates.total_norm_constraint(grads, max_norm=MAX_NORM)
     update = {"rmsprop": lasagne.updates.rmsprop, "adam": lasagne.updates.adam}[optimizer]
     if epsilon is not None:
@@ -355,6 +361,17 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate,
         ([input_var, target_var], [cost, output_train], updates),
         ([input_var], [output_eval, A_eval], None)])
     return train_fn, eval_fn, sh_lr
+
+
+def classifier_l2(l_out, l_A_net):
+    """Lasagne's l2 penalty, the sum of the squares, of the classifier's
+    weights: the regularizable parameters (weights, not biases) of the layers
+    below ``l_out`` that are not ``l_A_net`` or below it; a scalar variable."""
+    import lasagne
+    localization = set(lasagne.layers.get_all_params(l_A_net))
+    weights = [param for param in lasagne.layers.get_all_params(l_out, regularizable=True)
+               if param not in localization]
+    return lasagne.regularization.apply_penalty(weights, lasagne.regularization.l2)
 
 
 def averaged(outputs, params, updates, ema_decay):

@@ -210,14 +210,15 @@ def test_classdropout_goes_to_build_model_and_needs_dropout(tmp_path, sequences1
     assert os.listdir(str(tmp_path)) == []
 
 
-@pytest.mark.parametrize("argv, epsilon, ema", [([], 1e-4, 0.0),
-                                                (["-epsilon", "1e-6"], 1e-6, 0.0),
-                                                (["-ema", "0.999"], 1e-4, 0.999)])
-def test_epsilon_and_ema_reach_build_functions(tmp_path, sequences1, monkeypatch, argv,
-                                               epsilon, ema):
+@pytest.mark.parametrize("argv, epsilon, ema, l2", [([], 1e-4, 0.0, 0.0),
+                                                    (["-epsilon", "1e-6"], 1e-6, 0.0, 0.0),
+                                                    (["-ema", "0.999"], 1e-4, 0.999, 0.0),
+                                                    (["-l2", "1e-4"], 1e-4, 0.0, 1e-4)])
+def test_epsilon_ema_and_l2_reach_build_functions(tmp_path, sequences1, monkeypatch, argv,
+                                                  epsilon, ema, l2):
     arguments = called_with(monkeypatch, training, "build_functions", tmp_path,
                             sequences1, argv)
-    assert (arguments.get("epsilon"), arguments.get("ema")) == (epsilon, ema)
+    assert [arguments.get(key) for key in ("epsilon", "ema", "l2")] == [epsilon, ema, l2]
 
 
 def test_epoch_summary_matches_the_saved_transforms_and_boxes(tmp_path, sequences1,
@@ -443,7 +444,7 @@ def test_a_checkpoint_older_than_the_recipes_flags_resumes_as_it_ran(
     # A run of the former defaults (the sharp crop from the start, one rate,
     # dropout in both networks), its checkpoint stripped of the flags added
     # since: they resume at the chapter's values, not at today's recipe.
-    later = ("sharpepoch", "classdropout", "ratesepoch", "classlr", "loclr", "ema")
+    later = ("sharpepoch", "classdropout", "ratesepoch", "classlr", "loclr", "ema", "l2")
     run(tmp_path, sequences1, sharp=True, sharpepoch=0, classdropout=False,
         ratesepoch=0, classlr=1.0, loclr=1.0)
     path = str(tmp_path / "res.ckpt.npz")
@@ -457,7 +458,8 @@ def test_a_checkpoint_older_than_the_recipes_flags_resumes_as_it_ran(
     settings = json.loads(str(resumed["settings"]))
     assert {key: settings[key] for key in later} == {
         key: script.build_parser().chapter_defaults[key] for key in later} == dict(
-        sharpepoch=0, classdropout=False, ratesepoch=0, classlr=1.0, loclr=1.0, ema=0.0)
+        sharpepoch=0, classdropout=False, ratesepoch=0, classlr=1.0, loclr=1.0, ema=0.0,
+        l2=0.0)
     assert transformers[1].sharp is True                 # a constant, as it ran
     assert resumed["history_epoch"].tolist() == [0, 1]
 

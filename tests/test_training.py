@@ -8,10 +8,10 @@ from stn import training
 stn_script = load_script("2-stn-cnn-mnist.py")
 
 
-def first_steps(optimizer, lr, epsilon=None, rate_factors=None):
+def first_steps(optimizer, lr, epsilon=None, rate_factors=None, l2=0.0):
     """One training step of a small STN (40x40 canvases) on a fixed random batch,
-    from a fixed start.  Returns its ``l_out``, ``l_A_net`` and the absolute
-    change of each trainable parameter, in get_all_params order."""
+    from a fixed start.  Returns its ``l_out``, ``l_A_net``, the change of
+    each trainable parameter, in get_all_params order, and the step's loss."""
     import lasagne
     import theano
     lasagne.random.set_rng(np.random.RandomState(1))
@@ -20,17 +20,17 @@ def first_steps(optimizer, lr, epsilon=None, rate_factors=None):
     if rate_factors is not None:
         rate_factors = tuple(theano.shared(np.float32(f)) for f in rate_factors)
     train_fn, _, _ = training.build_functions(l_in.input_var, l_out, l_A_net, optimizer, lr,
-                                              rate_factors, epsilon=epsilon)
+                                              rate_factors, epsilon=epsilon, l2=l2)
     before = [p.get_value() for p in params]
     rng = np.random.RandomState(0)
-    train_fn(rng.rand(8, 40, 40).astype(np.float32),
-             rng.randint(0, 10, (8, 1)).astype(np.int32))
-    return l_out, l_A_net, [np.abs(p.get_value() - old) for p, old in zip(params, before)]
+    loss, _ = train_fn(rng.rand(8, 40, 40).astype(np.float32),
+                       rng.randint(0, 10, (8, 1)).astype(np.int32))
+    return l_out, l_A_net, [p.get_value() - old for p, old in zip(params, before)], loss
 
 
 def all_steps(*args, **kwargs):
-    """first_steps' changes of all the parameters, as one flat array."""
-    return np.concatenate([step.ravel() for step in first_steps(*args, **kwargs)[2]])
+    """The sizes of first_steps' changes of all the parameters, as one flat array."""
+    return np.abs(np.concatenate([step.ravel() for step in first_steps(*args, **kwargs)[2]]))
 
 
 def test_adams_epsilon_reaches_the_update_rule():
@@ -66,7 +66,7 @@ def test_rate_factors_scale_the_classifiers_and_the_localizations_steps(classlr,
     # by lr * classlr (shared variables, as the -ratesepoch schedule sets them).
     import lasagne
     lr = 1e-3
-    l_out, l_A_net, steps = first_steps(
+    l_out, l_A_net, steps, _ = first_steps(
         "adam", lr, rate_factors=None if loclr is None else (classlr, loclr))
     localization = set(lasagne.layers.get_all_params(l_A_net, trainable=True))
     params = lasagne.layers.get_all_params(l_out, trainable=True)
@@ -82,12 +82,46 @@ def test_rate_factors_scale_the_classifiers_and_the_localizations_steps(classlr,
     assert not {l_out.W, l_out.b, class_conv.W} & localization
     moved = {True: [], False: []}
     for param, step in zip(params, steps):
-        moved[param in localization].append(step[step > 0])
+        moved[param in localization].append(np.abs(step[step != 0]))
     for in_loc, rate in ((True, lr * (loclr or 1)), (False, lr * (classlr or 1))):
         taken = np.concatenate(moved[in_loc])
         assert taken.size > 100
         np.testing.assert_allclose(np.median(taken), rate, rtol=1e-3)
         assert taken.max() <= rate * 1.001
+
+
+def test_l2_sums_the_squares_of_the_classifiers_weights_only():
+    import lasagne
+    import theano
+    lasagne.random.set_rng(np.random.RandomState(1))
+    _, l_out, l_A_net, _ = stn_script.build_model(40, 1, 2.0, theano.shared(np.float32(0)))
+    below_A_net = set(lasagne.layers.get_all_layers(l_A_net))
+    classifier = [layer for layer in lasagne.layers.get_all_layers(l_out)
+                  if layer not in below_A_net and hasattr(layer, "W")]
+    assert len(classifier) == 4          # two convolutions, two dense layers
+    expected = sum((layer.W.get_value().astype(np.float64) ** 2).sum() for layer in classifier)
+    got = theano.function([], training.classifier_l2(l_out, l_A_net))()
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_l2_adds_its_gradient_to_the_classifiers_weights_and_leaves_the_loss():
+    # Lasagne's rmsprop first steps by lr * g / sqrt(0.1 g^2 + epsilon): with an
+    # epsilon of 1e4 (g is clipped to 1), by lr * g / 100 to 5e-7.  -l2 adds
+    # 2 * LAMBDA * W to the gradient of each of the classifier's weights W, so
+    # their steps differ by -lr * 2 * LAMBDA * W / 100; the rest not at all.
+    import lasagne
+    lr, l2 = 1.0, 1e-2
+    l_out, l_A_net, plain, loss = first_steps("rmsprop", lr, epsilon=1e4)
+    _, _, penalised, loss_l2 = first_steps("rmsprop", lr, epsilon=1e4, l2=l2)
+    assert loss_l2 == loss
+    params = lasagne.layers.get_all_params(l_out, trainable=True)
+    start = [p.get_value() - step for p, step in zip(params, plain)]
+    weights = set(lasagne.layers.get_all_params(l_out, regularizable=True)) - set(
+        lasagne.layers.get_all_params(l_A_net))
+    assert len(weights) == 4
+    for param, w, a, b in zip(params, start, plain, penalised):
+        expected = -lr * 2 * l2 * w / 100 if param in weights else 0 * w
+        np.testing.assert_allclose(b - a, expected, atol=1e-3 * np.abs(expected).max() + 1e-12)
 
 
 def test_dropout_ramps_up_and_the_blur_fades_by_epoch():
