@@ -111,8 +111,10 @@ def add_training_flags(parser, default_output, recipe=None):
     add("-l2", "--l2", type=cli.nonnegative_float, default=0.0, metavar="LAMBDA",
         help="add LAMBDA times the sum of the squared weights of the classifier "
              "(Lasagne's l2 penalty; not its biases, not the localization "
-             "network) to the loss the gradients are taken of; the printed loss "
-             "stays the cross-entropy (default: %(default)s, none, the chapter's)")
+             "network) to the loss the gradients are taken of; an L2 term, not "
+             "the decoupled weight decay of AdamW, so with adam its LAMBDA is not "
+             "a weight-decay rate; the printed loss stays the cross-entropy "
+             "(0: none, the chapter's) (default: %(default)s)")
     add("-dropout", "--dropout", type=cli.probability, default=0.0,
         help="dropout before the dense layers, ramped up over epochs 0-4 "
              "(default: %(default)s)")
@@ -322,7 +324,10 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate,
     reads an exponential moving average of the trainable parameters instead of
     the parameters themselves: a_t = d a_{t-1} + (1 - d) p_t after step t,
     from a_0 = 0, divided by 1 - d^t (``averaged``); before the first step,
-    the parameters.
+    the parameters.  With ``l2`` > 0 the gradients are those of the
+    cross-entropy plus ``l2`` times ``classifier_l2``, clipped and
+    norm-constrained with the rest; ``train_fn``'s loss stays the
+    cross-entropy.
     """
     import lasagne
     import theano
@@ -347,7 +352,7 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate,
     groups = [(range(len(params)), sh_lr)]
     if rate_factors is not None:
         class_factor, loc_factor = rate_factors
-        loc_params = set(lasagne.layers.get_all_params(l_A_net, trainable=True))
+        loc_params = localization_params(l_A_net)
         groups = [([k for k, param in enumerate(params) if (param in loc_params) == in_loc],
                    sh_lr * T.cast(factor, theano.config.floatX))
                   for in_loc, factor in ((False, class_factor), (True, loc_factor))]
@@ -363,12 +368,19 @@ def build_functions(input_var, l_out, l_A_net, optimizer, learning_rate,
     return train_fn, eval_fn, sh_lr
 
 
+def localization_params(l_A_net):
+    """The localization network's parameters, a set: those of ``l_A_net`` and
+    of the layers below it."""
+    import lasagne
+    return set(lasagne.layers.get_all_params(l_A_net))
+
+
 def classifier_l2(l_out, l_A_net):
     """Lasagne's l2 penalty, the sum of the squares, of the classifier's
-    weights: the regularizable parameters (weights, not biases) of the layers
-    below ``l_out`` that are not ``l_A_net`` or below it; a scalar variable."""
+    weights: the regularizable parameters (weights, not biases) below
+    ``l_out`` that are not the localization network's; a scalar variable."""
     import lasagne
-    localization = set(lasagne.layers.get_all_params(l_A_net))
+    localization = localization_params(l_A_net)
     weights = [param for param in lasagne.layers.get_all_params(l_out, regularizable=True)
                if param not in localization]
     return lasagne.regularization.apply_penalty(weights, lasagne.regularization.l2)
