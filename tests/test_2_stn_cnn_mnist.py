@@ -50,9 +50,10 @@ def test_the_documented_chapter_command_gives_the_chapters_settings():
     args = vars(script.build_parser().parse_args(argv))
     chapter = dict(training.default_settings(), classdropout=False,
                    epsilon=1e-6)                  # Lasagne's rmsprop epsilon
-    # -ratesepoch and -sharpepoch are left to the recipe: with no rate factor
-    # and no -sharp they act on nothing.
-    assert not training.two_rates(args) and not training.starts_later(args, "sharp")
+    # -ratesepoch, -sharpepoch and -jitterepoch are left to the recipe: with no
+    # rate factor, no -sharp and no -jitter they act on nothing.
+    assert not training.two_rates(args)
+    assert not any(training.starts_later(args, name) for name in training.LATER_FLAGS)
     assert ({key: args[key] for key in script.RECIPE if not key.endswith("epoch")}
             == {key: chapter[key] for key in script.RECIPE if not key.endswith("epoch")})
 
@@ -176,10 +177,18 @@ def called_with(monkeypatch, owner, name, tmp_path, sequences, argv):
     return caught.value.args[0]
 
 
-@pytest.mark.parametrize("argv, jitter", [([], 0.0), (["-jitter", "0.04"], 0.04)])
+@pytest.mark.parametrize("argv, jitter", [(["-jitter", "0"], 0.0),
+                                          (["-jitter", "0.05", "-jitterepoch", "0"], 0.05)])
 def test_jitter_goes_to_build_model(tmp_path, sequences1, monkeypatch, argv, jitter):
     assert called_with(monkeypatch, script, "build_model", tmp_path, sequences1,
                        argv)["jitter"] == jitter
+
+
+def test_the_default_jitter_is_a_shared_sigma_off_until_epoch_6(tmp_path, sequences1,
+                                                                 monkeypatch):
+    sigma = called_with(monkeypatch, script, "build_model", tmp_path, sequences1, [])["jitter"]
+    assert sigma.get_value() == 0.0
+    assert script.RECIPE["jitterepoch"] == 6 and script.RECIPE["jitter"] == 0.04
 
 
 @pytest.mark.parametrize("classdropout", [False, True])
@@ -210,10 +219,10 @@ def test_classdropout_goes_to_build_model_and_needs_dropout(tmp_path, sequences1
     assert os.listdir(str(tmp_path)) == []
 
 
-@pytest.mark.parametrize("argv, epsilon, ema, l2", [([], 1e-4, 0.0, 0.0),
-                                                    (["-epsilon", "1e-6"], 1e-6, 0.0, 0.0),
-                                                    (["-ema", "0.999"], 1e-4, 0.999, 0.0),
-                                                    (["-l2", "1e-4"], 1e-4, 0.0, 1e-4)])
+@pytest.mark.parametrize("argv, epsilon, ema, l2", [([], 1e-4, 0.999, 0.0),
+                                                    (["-epsilon", "1e-6"], 1e-6, 0.999, 0.0),
+                                                    (["-ema", "0"], 1e-4, 0.0, 0.0),
+                                                    (["-l2", "1e-4"], 1e-4, 0.999, 1e-4)])
 def test_epsilon_ema_and_l2_reach_build_functions(tmp_path, sequences1, monkeypatch, argv,
                                                   epsilon, ema, l2):
     arguments = called_with(monkeypatch, training, "build_functions", tmp_path,
@@ -247,8 +256,9 @@ def test_epoch_summary_matches_the_saved_transforms_and_boxes(tmp_path, sequence
         assert "Epoch %d Acc Valid %.4f, Acc Train = %.4f, Acc Test = %.4f\n" % (
             (epoch,) + tuple(res["history_" + key][epoch]
                              for key in ("valid_acc", "train_acc", "test_acc"))) in out
-        # Before -ratesepoch, both networks learn at the one rate.
-        assert ("Loss %.4f, lr 0.0003 (classifier x1, localization x1), %.0f s "
+        # Before -ratesepoch, both networks learn at the one rate; before
+        # -jitterepoch, without the jitter.
+        assert ("Loss %.4f, lr 0.0003 (classifier x1, localization x1), jitter 0, %.0f s "
                 "(training %.0f s)") % tuple(
             res["history_" + key][epoch] for key in ("train_loss", "seconds",
                                                     "train_seconds")) in out
@@ -420,7 +430,7 @@ def test_a_checkpoint_older_than_the_sampling_flags_resumes_as_the_chapter(
         tmp_path, sequences1):
     # A run of the chapter's network, its checkpoint stripped of what this
     # project added later: the flags' settings and the transform statistics.
-    run(tmp_path, sequences1, blur=0.0, initzoom=1.0)
+    run(tmp_path, sequences1, blur=0.0, initzoom=1.0, jitter=0.0)
     path = str(tmp_path / "res.ckpt.npz")
     ckpt = data.load_npz(path)
     settings = json.loads(str(ckpt["settings"]))
@@ -442,11 +452,13 @@ def test_a_checkpoint_older_than_the_sampling_flags_resumes_as_the_chapter(
 def test_a_checkpoint_older_than_the_recipes_flags_resumes_as_it_ran(
         tmp_path, sequences1, transformers):
     # A run of the former defaults (the sharp crop from the start, one rate,
-    # dropout in both networks), its checkpoint stripped of the flags added
-    # since: they resume at the chapter's values, not at today's recipe.
-    later = ("sharpepoch", "classdropout", "ratesepoch", "classlr", "loclr", "ema", "l2")
+    # dropout in both networks, no jitter, no moving average), its checkpoint
+    # stripped of the flags added since: they resume at the chapter's values,
+    # not at today's recipe.
+    later = ("sharpepoch", "classdropout", "ratesepoch", "classlr", "loclr", "ema", "l2",
+             "jitter", "jitterepoch")
     run(tmp_path, sequences1, sharp=True, sharpepoch=0, classdropout=False,
-        ratesepoch=0, classlr=1.0, loclr=1.0)
+        ratesepoch=0, classlr=1.0, loclr=1.0, ema=0.0, jitter=0.0, jitterepoch=0)
     path = str(tmp_path / "res.ckpt.npz")
     ckpt = data.load_npz(path)
     settings = json.loads(str(ckpt["settings"]))
@@ -459,7 +471,7 @@ def test_a_checkpoint_older_than_the_recipes_flags_resumes_as_it_ran(
     assert {key: settings[key] for key in later} == {
         key: script.build_parser().chapter_defaults[key] for key in later} == dict(
         sharpepoch=0, classdropout=False, ratesepoch=0, classlr=1.0, loclr=1.0, ema=0.0,
-        l2=0.0)
+        l2=0.0, jitter=0.0, jitterepoch=0)
     assert transformers[1].sharp is True                 # a constant, as it ran
     assert resumed["history_epoch"].tolist() == [0, 1]
 
