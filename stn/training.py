@@ -107,7 +107,7 @@ def add_training_flags(parser, default_output, recipe=None):
              "average of the weights: each minibatch step weighs the new weights "
              "by 1 - DECAY (0.999: about the last 1000 steps); 'Acc Train' stays "
              "the running one of the trained weights; the checkpoint keeps both "
-             "(default: %(default)s, off: the weights as trained, the chapter's)")
+             "(0: off, the weights as trained, the chapter's) (default: %(default)s)")
     add("-l2", "--l2", type=cli.nonnegative_float, default=0.0, metavar="LAMBDA",
         help="add LAMBDA times the sum of the squared weights of the classifier "
              "(Lasagne's l2 penalty; not its biases, not the localization "
