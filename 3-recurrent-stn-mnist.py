@@ -13,9 +13,10 @@ lr 0.0003 on minibatches of 32, the canvas blurred by sigma 1.5 pixels on its
 way into the sampler, the transforms starting as a centred crop of 0.65 of the
 canvas, the learning rate divided by 1.5 at epochs 11, 15, 19, ...), are those of
 2-stn-cnn-mnist.py, except that this script keeps adam's epsilon at Lasagne's
-1e-8, has no --branches or -classdropout, and by default neither dropout nor,
-from epoch 6, the two rates and the sharp crop of 2-stn-cnn-mnist.py's recipe
-(none of these is measured here):
+1e-8, has no --branches or -classdropout, and by default neither dropout, nor,
+from epoch 6, the two rates, the sharp crop and the jitter of
+2-stn-cnn-mnist.py's recipe, nor its moving average of the weights (none of
+these is measured here):
 
     python 3-recurrent-stn-mnist.py
     python plot_crops.py res_test_3.npz

@@ -178,17 +178,16 @@ def called_with(monkeypatch, owner, name, tmp_path, sequences, argv):
 
 
 @pytest.mark.parametrize("argv, jitter", [(["-jitter", "0"], 0.0),
-                                          (["-jitter", "0.05", "-jitterepoch", "0"], 0.05)])
+                                          (["-jitter", "0.05", "-jitterepoch", "0"], 0.05),
+                                          ([], "shared")])
 def test_jitter_goes_to_build_model(tmp_path, sequences1, monkeypatch, argv, jitter):
-    assert called_with(monkeypatch, script, "build_model", tmp_path, sequences1,
-                       argv)["jitter"] == jitter
-
-
-def test_the_default_jitter_is_a_shared_sigma_off_until_epoch_6(tmp_path, sequences1,
-                                                                 monkeypatch):
-    sigma = called_with(monkeypatch, script, "build_model", tmp_path, sequences1, [])["jitter"]
-    assert sigma.get_value() == 0.0
-    assert script.RECIPE["jitterepoch"] == 6 and script.RECIPE["jitter"] == 0.04
+    # By default a shared sigma, which the schedule sets from -jitterepoch on.
+    got = called_with(monkeypatch, script, "build_model", tmp_path, sequences1,
+                      argv)["jitter"]
+    if jitter == "shared":
+        assert got.get_value() == 0.0
+    else:
+        assert got == jitter
 
 
 @pytest.mark.parametrize("classdropout", [False, True])

@@ -114,12 +114,15 @@ def test_l2_adds_its_gradient_to_the_classifiers_weights_and_leaves_the_loss():
     # 2 * LAMBDA * W to the gradient of each of the classifier's weights W, so
     # their steps differ by -lr * 2 * LAMBDA * W / 100; the rest only by the
     # rounding of the total-norm rescaling, which the penalty's gradient
-    # enters (float32: 1e-6 of the step).
+    # enters (float32: 1e-6 of the step).  This batch's gradient norm stays
+    # under MAX_NORM, so that rescaling is 1 up to rounding (asserted).
     import lasagne
     lr, l2 = 1.0, 1e-2
     l_out, l_A_net, plain, loss = first_steps("rmsprop", lr, epsilon=1e4)
     _, _, penalised, loss_l2 = first_steps("rmsprop", lr, epsilon=1e4, l2=l2)
     assert loss_l2 == loss
+    norm = np.sqrt(sum(((100 / lr * step.astype(np.float64)) ** 2).sum() for step in plain))
+    assert norm < training.MAX_NORM
     params = lasagne.layers.get_all_params(l_out, trainable=True)
     start = [p.get_value() - step for p, step in zip(params, plain)]
     weights = set(lasagne.layers.get_all_params(l_out, regularizable=True)) - set(
