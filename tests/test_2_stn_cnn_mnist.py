@@ -47,6 +47,10 @@ def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences1):
 def test_the_documented_chapter_command_gives_the_chapters_settings():
     command = script.__doc__.split("python 2-stn-cnn-mnist.py -optimizer")[1]
     argv = ("-optimizer" + command.split("\n\n")[0]).replace("\\\n", " ").split()
+    # The README shows the same command, on one line.
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read().split("python 2-stn-cnn-mnist.py -optimizer")[1]
+    assert ("-optimizer" + readme.split("\n")[0]).split() == argv
     args = vars(script.build_parser().parse_args(argv))
     chapter = dict(training.default_settings(), classdropout=False,
                    epsilon=1e-6)                  # Lasagne's rmsprop epsilon
