@@ -43,17 +43,9 @@ from stn import cli, training
 
 DEFAULT_DATA = "mnist_sequence1_sample_8distortions_9x9.npz"
 CREATE_DATA = "python create_mnist_sequence.py --nb_digits 1"
-# The shared recipe, with adam's epsilon raised from Lasagne's 1e-8, at which
-# some seeds throw every crop off the canvas in their first epoch; dropout 0.25
-# in the classifier only; from epoch 6 the two rates, the sharp crop and the
-# jitter; the weights' moving average for validation and test
-# (docs/localisation.md, "A first epoch that goes dead", "The defaults with
-# adam's epsilon at 1e-4", "The sharp crop with the localization network
-# held", "Testing with a moving average of the weights" and "The jitter from
-# epoch 6", seeds 1-3 each).
-RECIPE = dict(training.RECIPE, epsilon=1e-4, dropout=0.25, classdropout=True,
-              ratesepoch=6, classlr=3.0, loclr=0.1, sharp=True, sharpepoch=6,
-              jitter=0.04, jitterepoch=6, ema=0.999)
+# The shared recipe, with its dropout in the classifier only (docs/localisation.md,
+# "The defaults with adam's epsilon at 1e-4", seeds 1-3).
+RECIPE = dict(training.RECIPE, classdropout=True)
 # This script's flags that do nothing while their partner flag is 0 or off
 # (run_script refuses them typed alone): (flag, partner, why).
 PARTNERS = [("classdropout", "dropout", "acts on the dropout, so it needs -dropout above 0")]

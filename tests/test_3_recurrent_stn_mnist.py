@@ -74,6 +74,19 @@ def test_jitter_moves_each_step_of_each_canvas_in_training_only():
     assert np.abs(trained - tested).max() > 1e-3
 
 
+def test_the_documented_chapter_command_gives_the_chapters_settings():
+    command = script.__doc__.split("python 3-recurrent-stn-mnist.py -optimizer")[1]
+    argv = ("-optimizer" + command.split("\n\n")[0]).replace("\\\n", " ").split()
+    args = vars(script.build_parser().parse_args(argv))
+    chapter = dict(training.default_settings(), epsilon=1e-6)  # Lasagne's rmsprop epsilon
+    # -ratesepoch, -sharpepoch and -jitterepoch are left to the recipe: with no
+    # rate factor, no -sharp and no -jitter they act on nothing.
+    assert not training.two_rates(args)
+    assert not any(training.starts_later(args, name) for name in training.LATER_FLAGS)
+    assert ({key: args[key] for key in training.RECIPE if not key.endswith("epoch")}
+            == {key: chapter[key] for key in training.RECIPE if not key.endswith("epoch")})
+
+
 def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences3, capsys):
     output = str(tmp_path / "res3.npz")
     script.main(data=sequences3, output=output, epochs=1, batch_size=25)
@@ -87,11 +100,11 @@ def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences3, capsys):
     # One zoom and centred share per step, each centred share a fraction of 50.
     assert res["history_zoom_y"].shape == res["history_centred"].shape == (1, 3)
     # The STN scripts' recipe: the transforms start as a centred 0.65 crop.
-    # Unlike 2-stn-cnn-mnist.py's, adam's epsilon stays Lasagne's.
+    # This script has no -classdropout: its dropout acts in both networks.
     settings = json.loads(str(res["settings"]))
     assert {key: settings[key] for key in training.RECIPE if key != "batch_size"} == {
         key: value for key, value in training.RECIPE.items() if key != "batch_size"}
-    assert settings["epsilon"] is None
+    assert "classdropout" not in settings
     np.testing.assert_allclose(res["history_zoom_y"], training.RECIPE["initzoom"], atol=0.2)
     np.testing.assert_allclose(res["history_centred"] * 50,
                                np.round(res["history_centred"] * 50), atol=1e-9)
