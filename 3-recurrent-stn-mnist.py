@@ -14,13 +14,16 @@ checkpoint after every epoch.  The flags, and the recipe they default to, are
 transforms starting as a centred crop of 0.65 of the canvas, dropout 0.25, from
 epoch 6 the two rates, the sharp crop and the jitter, the learning rate divided
 by 1.5 at epochs 11, 15, 19, ..., validation and test on a moving average of
-the weights), except that this script has no --branches and no -classdropout:
-its dropout acts in the localization network's convolutions too.  The
-chapter's own settings are one command away:
+the weights), except that this script has no --branches and no -classdropout
+(its localization network has no dense layer for dropout to act on, so its
+dropout acts in the classifier only).  The chapter's own
+settings are one command away:
 
     python 3-recurrent-stn-mnist.py -optimizer rmsprop -lr 0.0005 --batch-size 100 \\
         -epsilon 1e-6 -blur 0 -initzoom 1 -nodecay 30 -decayinterval 10 \\
         -dropout 0 -classlr 1 -loclr 1 --no-sharp -jitter 0 -ema 0
+
+Train, then draw its crops:
 
     python 3-recurrent-stn-mnist.py
     python plot_crops.py res_test_3.npz

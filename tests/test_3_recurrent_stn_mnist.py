@@ -100,7 +100,7 @@ def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences3, capsys):
     # One zoom and centred share per step, each centred share a fraction of 50.
     assert res["history_zoom_y"].shape == res["history_centred"].shape == (1, 3)
     # The STN scripts' recipe: the transforms start as a centred 0.65 crop.
-    # This script has no -classdropout: its dropout acts in both networks.
+    # This script has no -classdropout (its dropout acts in the classifier only).
     settings = json.loads(str(res["settings"]))
     assert {key: settings[key] for key in training.RECIPE if key != "batch_size"} == {
         key: value for key, value in training.RECIPE.items() if key != "batch_size"}
