@@ -37,13 +37,15 @@ BLUR_FLAGS = ("sharp", "blurepochs", "blurzoom")
 # The STN scripts' defaults where they differ from the chapter's: the recipe
 # that makes the transformer localise on 100x100 canvases and read what it
 # finds.  Adam's epsilon raised from Lasagne's 1e-8, at which some seeds throw
-# every crop off the canvas in their first epoch; from epoch 6 the two rates,
-# the sharp crop and the jitter; the weights' moving average for validation
-# and test (docs/localisation.md, "A first epoch that goes dead", "The sharp
-# crop with the localization network held", "Testing with a moving average of
-# the weights" and "The jitter from epoch 6", seeds 1-3 each, on
-# 2-stn-cnn-mnist.py; docs/recurrent.md, one seed, on the recurrent STN).
-# 2-stn-cnn-mnist.py adds -classdropout (its RECIPE).
+# every crop off the canvas in their first epoch; dropout 0.25 against the
+# classifier's overfitting; from epoch 6 the two rates, the sharp crop and the
+# jitter; the weights' moving average for validation and test
+# (docs/localisation.md, "A first epoch that goes dead", "Two rates: the
+# classifier's and the localization network's", "The sharp crop with the
+# localization network held", "Testing with a moving average of the weights"
+# and "The jitter from epoch 6", seeds 1-3 each, on 2-stn-cnn-mnist.py;
+# docs/recurrent.md, one seed, on the recurrent STN).  2-stn-cnn-mnist.py adds
+# -classdropout (its RECIPE).
 RECIPE = dict(optimizer="adam", lr=0.0003, batch_size=32, epsilon=1e-4, blur=1.5,
               initzoom=0.65, nodecay=10, decayinterval=2, dropout=0.25, ratesepoch=6,
               classlr=3.0, loclr=0.1, sharp=True, sharpepoch=6, jitter=0.04,

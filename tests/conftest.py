@@ -26,6 +26,26 @@ def load_script(filename):
     return module
 
 
+def check_chapter_command(script, filename, **chapter):
+    """Parse the chapter's command that ``script``'s docstring gives
+    (``python FILENAME -optimizer ...``, its lines joined) and assert that it
+    gives the chapter's settings, ``chapter`` over the training flags'
+    defaults; return its argv."""
+    from stn import training
+    command = script.__doc__.split("python %s -optimizer" % filename)[1]
+    argv = ("-optimizer" + command.split("\n\n")[0]).replace("\\\n", " ").split()
+    args = vars(script.build_parser().parse_args(argv))
+    chapter = dict(training.default_settings(), **chapter)
+    recipe = getattr(script, "RECIPE", training.RECIPE)
+    # -ratesepoch, -sharpepoch and -jitterepoch are left to the recipe: with no
+    # rate factor, no -sharp and no -jitter they act on nothing.
+    assert not training.two_rates(args)
+    assert not any(training.starts_later(args, name) for name in training.LATER_FLAGS)
+    assert ({key: args[key] for key in recipe if not key.endswith("epoch")}
+            == {key: chapter[key] for key in recipe if not key.endswith("epoch")})
+    return argv
+
+
 @pytest.fixture(scope="session")
 def mnist():
     """The real MNIST splits, loaded once."""

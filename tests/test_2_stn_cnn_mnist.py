@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_script, make_sequences
+from conftest import ROOT, check_chapter_command, load_script, make_sequences
 from stn import cli, data, localization, training
 from stn.errors import UserError
 
@@ -45,21 +45,12 @@ def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences1):
 
 
 def test_the_documented_chapter_command_gives_the_chapters_settings():
-    command = script.__doc__.split("python 2-stn-cnn-mnist.py -optimizer")[1]
-    argv = ("-optimizer" + command.split("\n\n")[0]).replace("\\\n", " ").split()
+    argv = check_chapter_command(script, "2-stn-cnn-mnist.py", classdropout=False,
+                                 epsilon=1e-6)    # Lasagne's rmsprop epsilon
     # The README shows the same command, on one line.
     with open(os.path.join(ROOT, "README.md")) as f:
         readme = f.read().split("python 2-stn-cnn-mnist.py -optimizer")[1]
     assert ("-optimizer" + readme.split("\n")[0]).split() == argv
-    args = vars(script.build_parser().parse_args(argv))
-    chapter = dict(training.default_settings(), classdropout=False,
-                   epsilon=1e-6)                  # Lasagne's rmsprop epsilon
-    # -ratesepoch, -sharpepoch and -jitterepoch are left to the recipe: with no
-    # rate factor, no -sharp and no -jitter they act on nothing.
-    assert not training.two_rates(args)
-    assert not any(training.starts_later(args, name) for name in training.LATER_FLAGS)
-    assert ({key: args[key] for key in script.RECIPE if not key.endswith("epoch")}
-            == {key: chapter[key] for key in script.RECIPE if not key.endswith("epoch")})
 
 
 def test_a_crop_that_is_not_square(tmp_path, sequences1):

@@ -6,7 +6,7 @@ import numpy as np
 import theano
 import theano.tensor as T
 
-from conftest import load_script
+from conftest import check_chapter_command, load_script
 from stn import data, training
 from stn.layers import affine_transform
 
@@ -75,16 +75,8 @@ def test_jitter_moves_each_step_of_each_canvas_in_training_only():
 
 
 def test_the_documented_chapter_command_gives_the_chapters_settings():
-    command = script.__doc__.split("python 3-recurrent-stn-mnist.py -optimizer")[1]
-    argv = ("-optimizer" + command.split("\n\n")[0]).replace("\\\n", " ").split()
-    args = vars(script.build_parser().parse_args(argv))
-    chapter = dict(training.default_settings(), epsilon=1e-6)  # Lasagne's rmsprop epsilon
-    # -ratesepoch, -sharpepoch and -jitterepoch are left to the recipe: with no
-    # rate factor, no -sharp and no -jitter they act on nothing.
-    assert not training.two_rates(args)
-    assert not any(training.starts_later(args, name) for name in training.LATER_FLAGS)
-    assert ({key: args[key] for key in training.RECIPE if not key.endswith("epoch")}
-            == {key: chapter[key] for key in training.RECIPE if not key.endswith("epoch")})
+    check_chapter_command(script, "3-recurrent-stn-mnist.py",
+                          epsilon=1e-6)           # Lasagne's rmsprop epsilon
 
 
 def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences3, capsys):
