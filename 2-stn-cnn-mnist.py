@@ -70,14 +70,16 @@ def build_parser():
     return parser
 
 
-def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, jitter=0.0, blur=0.0,
-                sharp=False, supersample=1, branches=1, classdropout=False):
+def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, jitter=0.0,
+                cropjitter=False, blur=0.0, sharp=False, supersample=1, branches=1,
+                classdropout=False):
     """The chapter's network for ``dim`` x ``dim`` canvases holding ``num_steps``
     digit (one, here); returns (l_in, l_out, l_A_net, l_transform).  The
     transform starts as a centred crop of ``initzoom`` of the canvas (1: the
     identity); while training, ``jitter`` > 0 (a float, or a shared scalar)
     adds Gaussian noise of that sigma to the transform the crop is taken with
-    (``stn.layers.jittered``, which gives the units); ``blur``, ``sharp`` and
+    (``stn.layers.jittered``, which gives the units: the canvas's, or with
+    ``cropjitter`` the crop's); ``blur``, ``sharp`` and
     ``supersample`` are the TransformerLayer's.  With ``branches`` > 1,
     l_A_net gives the branches' transforms side by side (batch, 6 * branches)
     and l_transform their crops as channels.  With ``classdropout`` the
@@ -110,7 +112,7 @@ def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, jitter=0.0, bl
     # channel pull them apart.  The jitter perturbs the crop in training only.
     crops = [TransformerLayer(l_dim, l_theta, downsample_factor=downsample,
                               blur=blur, sharp=sharp, supersample=supersample)
-             for l_theta in jittered(heads, jitter)]
+             for l_theta in jittered(heads, jitter, cropjitter)]
     if branches == 1:
         l_A_net, l_transform = heads[0], crops[0]
     else:

@@ -49,15 +49,16 @@ def build_parser():
     return parser
 
 
-def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, jitter=0.0, blur=0.0,
-                sharp=False, supersample=1):
+def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, jitter=0.0,
+                cropjitter=False, blur=0.0, sharp=False, supersample=1):
     """The chapter's recurrent network for ``num_steps`` digits per canvas;
     returns (l_in, l_out, l_A_net, l_transform).  ``l_out`` and ``l_A_net`` give
     one row per (canvas, step), canvas-major: canvas 0 steps 0, 1, 2, canvas 1...
     The transforms start as a centred crop of ``initzoom`` of the canvas (1:
     the identity); while training, ``jitter`` > 0 (a float, or a shared
     scalar) adds Gaussian noise of that sigma to the transforms the crops are
-    taken with (``stn.layers.jittered``, which gives the units); ``blur``,
+    taken with (``stn.layers.jittered``, which gives the units: the
+    canvas's, or with ``cropjitter`` the crop's); ``blur``,
     ``sharp`` and ``supersample`` are the TransformerLayer's.
     """
     import lasagne
@@ -86,7 +87,7 @@ def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, jitter=0.0, bl
     # Each step's transform samples its own copy of the canvas, in the same
     # canvas-major order as the GRU's reshaped output.
     l_dim_repeat = ReshapeLayer(Repeat(l_dim, n=num_steps), (-1, 1, dim, dim))
-    (l_theta,) = jittered([l_A_net], jitter)
+    (l_theta,) = jittered([l_A_net], jitter, cropjitter)
     l_transform = TransformerLayer(l_dim_repeat, l_theta, downsample_factor=downsample,
                                    blur=blur, sharp=sharp, supersample=supersample)
     l_out = mnist_cnn.model(l_transform, input_dim=dim, p=sh_drp, num_units=400)

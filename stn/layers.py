@@ -1,5 +1,5 @@
 """The layers the chapter uses that Lasagne 0.1 lacks: TransformerLayer, Repeat;
-and ``jittered``, the transform's training noise."""
+and ``jittered`` with ``CropNoiseLayer``, the transform's training noise."""
 import sys
 
 import numpy as np
@@ -10,6 +10,7 @@ import lasagne.layers
 import lasagne.random
 import lasagne.utils
 from lasagne.layers.base import Layer, MergeLayer
+from lasagne.layers.noise import GaussianNoiseLayer
 
 BORDER_MODES = ("nearest", "mirror", "wrap")
 
@@ -254,28 +255,52 @@ def gaussian_blur(images, sigma, radius):
     return blurred.reshape((batch, channels, height, width))
 
 
-def jittered(heads, sigma):
+def jittered(heads, sigma, in_crop=False):
     """The transforms of the layers ``heads`` (each (batch, 6)) with Gaussian
-    noise of ``sigma`` added to every parameter while training (Lasagne's
-    GaussianNoiseLayer; none in a deterministic pass), one noise layer each;
-    ``heads`` itself when ``sigma`` is 0.
+    noise of ``sigma`` while training (none in a deterministic pass), one noise
+    layer each; ``heads`` itself when ``sigma`` is 0.
 
-    ``sigma`` (a float, or a Theano shared scalar that a schedule sets) is in
-    the transform's normalised units, where the canvas spans [-1, 1]: on a
-    shift it moves the crop by sigma * (W - 1) / 2 pixels, on a diagonal entry
-    it changes the crop's side by sigma of the canvas's.  The noise layers take
-    their streams' seeds from Lasagne's generator, which is then put back as
-    it was, so that the layers built after them start from the same weights
-    as without the noise.
+    ``sigma`` is a float, or a Theano shared scalar that a schedule sets.  By
+    default the noise is added to every parameter (Lasagne's
+    GaussianNoiseLayer), in the transform's normalised units, where the canvas
+    spans [-1, 1]: on a shift it moves the crop by sigma * (W - 1) / 2 pixels,
+    on a diagonal entry it changes the crop's side by sigma of the canvas's.
+    With ``in_crop`` the noise is in the crop's own units instead
+    (``CropNoiseLayer``): it moves the crop by sigma of the crop's half-side
+    and scales it by 1 + sigma, whatever the zoom, so that a smaller crop does
+    not make the same noise larger.  The noise layers take their streams'
+    seeds from Lasagne's generator, which is then put back as it was, so that
+    the layers built after them start from the same weights as without the
+    noise.
     """
-    from lasagne.layers import GaussianNoiseLayer
     if not isinstance(sigma, theano.Variable) and not sigma:
         return list(heads)
+    noise_layer = CropNoiseLayer if in_crop else GaussianNoiseLayer
     rng = lasagne.random.get_rng()
     state = rng.get_state()
-    noisy = [GaussianNoiseLayer(head, sigma) for head in heads]
+    noisy = [noise_layer(head, sigma) for head in heads]
     rng.set_state(state)
     return noisy
+
+
+class CropNoiseLayer(GaussianNoiseLayer):
+    """Gaussian noise on affine transforms (batch, 6), in the crop's frame.
+
+    Each transform theta = [A | t] (2x3, the rows of the 6 parameters) is
+    composed with a random one near the identity, applied to the crop's grid
+    first: theta' = theta @ [[I + E_A, e_t], [0, 1]] = [A + A E_A | t + A e_t],
+    with the entries of E = [E_A | e_t] drawn from N(0, sigma^2) by the same
+    stream as Lasagne's GaussianNoiseLayer.  For A = z I (a crop of z of the
+    canvas) this is the additive noise of sigma * z.  None in a deterministic
+    pass.
+    """
+
+    def get_output_for(self, input, deterministic=False, **kwargs):
+        if deterministic or self.sigma == 0:
+            return input
+        theta = input.reshape((-1, 2, 3))
+        noise = self._srng.normal(theta.shape, avg=0.0, std=self.sigma)
+        return (theta + T.batched_dot(theta[:, :, :2], noise)).reshape(input.shape)
 
 
 class Repeat(Layer):

@@ -30,7 +30,7 @@ WATCH = 6              # the first test canvases whose transforms every epoch ke
 EPOCHS = 300           # the chapter's maximum number of epochs
 # The flags of the transform and its sampling that both scripts pass to their
 # build_model.
-TRANSFORM_FLAGS = ("initzoom", "jitter", "blur", "sharp", "supersample")
+TRANSFORM_FLAGS = ("initzoom", "jitter", "cropjitter", "blur", "sharp", "supersample")
 # The flags that -NAMEepoch can hold off until that epoch (``starts_later``).
 LATER_FLAGS = ("jitter", "sharp")
 BLUR_FLAGS = ("sharp", "blurepochs", "blurzoom")
@@ -143,6 +143,12 @@ def add_training_flags(parser, default_output, recipe=None):
              "the canvas spanning -1 to 1: 0.04 shifts by 2 pixels of a "
              "100-pixel canvas and scales by 4%% of its side; validation and "
              "test crop without it (0: none, the chapter's) (default: %(default)s)")
+    add("-cropjitter", "--cropjitter", action=argparse.BooleanOptionalAction,
+        default=False,
+        help="with -jitter, the noise is in the crop's own units instead of the "
+             "canvas's: it shifts the crop by SIGMA of its half-side and scales it "
+             "by 1 + SIGMA whatever the zoom, so that zooming in does not make the "
+             "same noise larger (default: %(default)s, the canvas's units)")
     add("-jitterepoch", "--jitterepoch", type=cli.nonnegative_int, default=0,
         help="with -jitter, the noise starts at this epoch, once the transform "
              "has found the digit (0: from the start) (default: %(default)s)")
@@ -208,7 +214,8 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
                model_flags=(), recipe=None, partners=()):
     """What both STN scripts do around their network: check the settings, load
     the data, build the network with ``build_model(dim, num_steps, downsample,
-    sh_drp, initzoom=, jitter=, blur=, sharp=, supersample=, **model_settings)``,
+    sh_drp, initzoom=, jitter=, cropjitter=, blur=, sharp=, supersample=,
+    **model_settings)``,
     compile, train.  ``settings`` are the flags given, by name; ``parser`` the
     script's, whose defaults fill the rest; ``model_flags`` the names of its
     own flags that build_model takes; ``recipe`` its defaults that differ
@@ -238,6 +245,8 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
                "the epoch from which -sharp applies, so it needs -sharp"),
               ("jitterepoch", settings["jitter"],
                "the epoch from which -jitter applies, so it needs -jitter above 0"),
+              ("cropjitter", settings["jitter"],
+               "sets the units of -jitter's noise, so it needs -jitter above 0"),
               ("ratesepoch", two_rates(settings), "the epoch from which -loclr and "
                "-classlr apply, so it needs one of them other than 1")]
     needs += [(flag, settings[partner], why) for flag, partner, why in partners]

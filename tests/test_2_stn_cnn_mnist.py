@@ -185,6 +185,17 @@ def test_jitter_goes_to_build_model(tmp_path, sequences1, monkeypatch, argv, jit
         assert got == jitter
 
 
+@pytest.mark.parametrize("argv, noise_layer", [([], "GaussianNoiseLayer"),
+                                               (["-cropjitter"], "CropNoiseLayer")])
+def test_cropjitter_puts_the_noise_in_the_crops_frame(tmp_path, sequences1, monkeypatch,
+                                                      argv, noise_layer):
+    called = called_with(monkeypatch, script, "build_model", tmp_path, sequences1,
+                         ["-jitter", "0.05"] + argv)
+    assert called["cropjitter"] == bool(argv)
+    l_transform = script.build_model.__wrapped__(**called)[3]
+    assert type(l_transform.input_layers[1]).__name__ == noise_layer
+
+
 @pytest.mark.parametrize("classdropout", [False, True])
 def test_classdropout_leaves_the_localization_network_without_dropout(classdropout):
     import lasagne
@@ -508,9 +519,10 @@ def test_sharpepoch_without_sharp_is_refused(tmp_path, sequences1):
     assert os.listdir(str(tmp_path)) == []
 
 
-def test_jitterepoch_without_jitter_is_refused(tmp_path, sequences1):
-    with pytest.raises(UserError, match="-jitterepoch: .* so it needs -jitter above 0$"):
-        run(tmp_path, sequences1, jitter=0.0, jitterepoch=2)
+@pytest.mark.parametrize("flag, value", [("jitterepoch", 2), ("cropjitter", True)])
+def test_a_jitter_flag_without_jitter_is_refused(tmp_path, sequences1, flag, value):
+    with pytest.raises(UserError, match="-%s: .* so it needs -jitter above 0$" % flag):
+        run(tmp_path, sequences1, jitter=0.0, **{flag: value})
     assert os.listdir(str(tmp_path)) == []
 
 

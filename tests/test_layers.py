@@ -6,7 +6,7 @@ import theano
 import theano.tensor as T
 from scipy import ndimage
 
-from stn.layers import Repeat, TransformerLayer, jittered
+from stn.layers import CropNoiseLayer, Repeat, TransformerLayer, jittered
 
 SCIPY_MODE = {"nearest": "nearest", "mirror": "mirror", "wrap": "grid-wrap"}
 
@@ -231,6 +231,30 @@ def test_jittered_adds_a_stream_of_noise_per_head_and_leaves_the_generator_alone
     tested = lasagne.layers.get_output(noisy[0], deterministic=True).eval(
         {heads[0].input_var: A})
     np.testing.assert_array_equal(tested, A)
+
+
+def test_crop_noise_is_the_same_draws_composed_in_the_crops_frame():
+    head = lasagne.layers.InputLayer((None, 6))
+    layers = []
+    for in_crop in (False, True):
+        lasagne.random.set_rng(np.random.RandomState(7))
+        layers += jittered([head], 0.1, in_crop=in_crop)
+    assert isinstance(layers[1], CropNoiseLayer)
+    rng = np.random.RandomState(0)
+    theta = np.concatenate([rng.uniform(-1, 1, (50, 6)),
+                            np.tile([0.5, 0, 0.2, 0, 0.5, -0.3], (50, 1))]).astype(np.float32)
+    added, composed = theano.function([head.input_var],
+                                      lasagne.layers.get_output(layers))(theta)
+    # theta' = theta @ [[I + E_A, e_t], [0, 1]], E the additive layer's draws.
+    E = (added - theta).reshape(-1, 2, 3)
+    A = theta.reshape(-1, 2, 3)[:, :, :2]
+    expected = theta.reshape(-1, 2, 3) + np.einsum("bij,bjk->bik", A, E)
+    np.testing.assert_allclose(composed, expected.reshape(-1, 6), atol=1e-6)
+    # A crop of half the canvas: half the additive noise on every parameter.
+    np.testing.assert_allclose((composed - theta)[50:], 0.5 * (added - theta)[50:], atol=1e-6)
+    tested = lasagne.layers.get_output(layers[1], deterministic=True).eval(
+        {head.input_var: theta})
+    np.testing.assert_array_equal(tested, theta)
 
 
 def test_repeat_shapes_and_order():
