@@ -52,6 +52,17 @@ def curves_title(settings):
         settings["batch_size"])
 
 
+def continued(x, xp, fp):
+    """``np.interp(x, xp, fp)``, continued past both ends of ``xp`` at the mean
+    slope, so that a secondary axis places the ticks beyond the data where
+    they belong instead of piling them on the ends."""
+    x = np.asarray(x, dtype=float)
+    slope = (fp[-1] - fp[0]) / (xp[-1] - xp[0])
+    return np.where(x < xp[0], fp[0] + (x - xp[0]) * slope,
+                    np.where(x > xp[-1], fp[-1] + (x - xp[-1]) * slope,
+                             np.interp(x, xp, fp)))
+
+
 def learning_curves(results, path, title, show=False):
     """Draw the history of a results file (its ``history_*`` arrays) to the PNG
     ``path``: accuracy (%) of the training batches, the validation and the
@@ -76,14 +87,16 @@ def learning_curves(results, path, title, show=False):
             ax.plot(epochs, 100 * np.asarray(results["history_" + key]), marker=".",
                     label=label)
     ax.set(xlabel="epoch", ylabel="accuracy (%)")
-    ax.set_title("Accuracy", pad=32 if len(epochs) > 1 else None)
+    ax.set_title("Accuracy", pad=40 if len(epochs) > 1 else None)
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
-    minutes = np.cumsum(np.nan_to_num(results["history_seconds"])) / 60.0
-    if len(epochs) > 1:
+    # The minutes elapsed at the end of each epoch, 0 where the first began.
+    ends = np.concatenate([[epochs[0] - 1], epochs])
+    minutes = np.concatenate([[0.0], np.cumsum(np.nan_to_num(results["history_seconds"]))
+                              / 60.0])
+    if len(epochs) > 1 and minutes[-1] > 0:
         top = ax.secondary_xaxis("top", functions=(
-            lambda e: np.interp(e, epochs, minutes),
-            lambda m: np.interp(m, minutes, epochs)))
+            lambda e: continued(e, ends, minutes), lambda m: continued(m, minutes, ends)))
         top.set_xlabel("minutes")
         top.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(6))
 
