@@ -255,27 +255,28 @@ def gaussian_blur(images, sigma, radius):
     return blurred.reshape((batch, channels, height, width))
 
 
-def jittered(heads, sigma, in_crop=False):
+def jittered(heads, sigma, cropjitter=False):
     """The transforms of the layers ``heads`` (each (batch, 6)) with Gaussian
-    noise of ``sigma`` while training (none in a deterministic pass), one noise
-    layer each; ``heads`` itself when ``sigma`` is 0.
+    noise of standard deviation ``sigma`` while training (none in a
+    deterministic pass), one noise layer each; ``heads`` itself when ``sigma``
+    is 0.
 
     ``sigma`` is a float, or a Theano shared scalar that a schedule sets.  By
     default the noise is added to every parameter (Lasagne's
     GaussianNoiseLayer), in the transform's normalised units, where the canvas
-    spans [-1, 1]: on a shift it moves the crop by sigma * (W - 1) / 2 pixels,
-    on a diagonal entry it changes the crop's side by sigma of the canvas's.
-    With ``in_crop`` the noise is in the crop's own units instead
-    (``CropNoiseLayer``): it moves the crop by sigma of the crop's half-side
-    and scales it by 1 + sigma, whatever the zoom, so that a smaller crop does
-    not make the same noise larger.  The noise layers take their streams'
-    seeds from Lasagne's generator, which is then put back as it was, so that
-    the layers built after them start from the same weights as without the
-    noise.
+    spans [-1, 1]: a shift's noise of sigma moves the crop by sigma * (W - 1) / 2
+    pixels, a diagonal entry's changes the crop's side by sigma of the
+    canvas's, the off-diagonal entries' shear and turn it.  With
+    ``cropjitter`` the noise is in the crop's own units instead
+    (``CropNoiseLayer``): sigma of the crop's half-side on the shifts, of its
+    side on the scales, whatever the zoom, so that a smaller crop does not
+    make the same noise larger.  Each noise layer seeds its own stream from
+    Lasagne's generator, which is then put back as it was, so that the layers
+    built after them start from the same weights as without the noise.
     """
     if not isinstance(sigma, theano.Variable) and not sigma:
         return list(heads)
-    noise_layer = CropNoiseLayer if in_crop else GaussianNoiseLayer
+    noise_layer = CropNoiseLayer if cropjitter else GaussianNoiseLayer
     rng = lasagne.random.get_rng()
     state = rng.get_state()
     noisy = [noise_layer(head, sigma) for head in heads]
@@ -289,10 +290,10 @@ class CropNoiseLayer(GaussianNoiseLayer):
     Each transform theta = [A | t] (2x3, the rows of the 6 parameters) is
     composed with a random one near the identity, applied to the crop's grid
     first: theta' = theta @ [[I + E_A, e_t], [0, 1]] = [A + A E_A | t + A e_t],
-    with the entries of E = [E_A | e_t] drawn from N(0, sigma^2) by the same
-    stream as Lasagne's GaussianNoiseLayer.  For A = z I (a crop of z of the
-    canvas) this is the additive noise of sigma * z.  None in a deterministic
-    pass.
+    the entries of E = [E_A | e_t] drawn from N(0, sigma^2) as Lasagne's
+    GaussianNoiseLayer draws its noise (a stream seeded the same way from
+    Lasagne's generator).  For A = z I (a crop of z of the canvas) this is
+    the additive noise of sigma * z.  None in a deterministic pass.
     """
 
     def get_output_for(self, input, deterministic=False, **kwargs):

@@ -52,10 +52,12 @@ def curves_title(settings):
         settings["batch_size"])
 
 
-def continued(x, xp, fp):
-    """``np.interp(x, xp, fp)``, continued past both ends of ``xp`` at the mean
-    slope, so that a secondary axis places the ticks beyond the data where
-    they belong instead of piling them on the ends."""
+def interp_extrapolated(x, xp, fp):
+    """``np.interp(x, xp, fp)`` (``x`` of any shape; ``xp`` and ``fp`` 1-D,
+    ``xp`` increasing from ``xp[0]`` < ``xp[-1]``), continued linearly past
+    both ends of ``xp`` at the mean slope, so that a secondary axis places
+    the ticks beyond the data where they belong instead of piling them on
+    the ends."""
     x = np.asarray(x, dtype=float)
     slope = (fp[-1] - fp[0]) / (xp[-1] - xp[0])
     return np.where(x < xp[0], fp[0] + (x - xp[0]) * slope,
@@ -87,16 +89,19 @@ def learning_curves(results, path, title, show=False):
             ax.plot(epochs, 100 * np.asarray(results["history_" + key]), marker=".",
                     label=label)
     ax.set(xlabel="epoch", ylabel="accuracy (%)")
-    ax.set_title("Accuracy", pad=40 if len(epochs) > 1 else None)
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
     # The minutes elapsed at the end of each epoch, 0 where the first began.
     ends = np.concatenate([[epochs[0] - 1], epochs])
     minutes = np.concatenate([[0.0], np.cumsum(np.nan_to_num(results["history_seconds"]))
                               / 60.0])
-    if len(epochs) > 1 and minutes[-1] > 0:
+    has_minutes = len(epochs) > 1 and minutes[-1] > 0
+    # Room above the panel for the minutes axis and its label.
+    ax.set_title("Accuracy", pad=40 if has_minutes else None)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    if has_minutes:
         top = ax.secondary_xaxis("top", functions=(
-            lambda e: continued(e, ends, minutes), lambda m: continued(m, minutes, ends)))
+            lambda e: interp_extrapolated(e, ends, minutes),
+            lambda m: interp_extrapolated(m, minutes, ends)))
         top.set_xlabel("minutes")
         top.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(6))
 

@@ -142,13 +142,15 @@ def add_training_flags(parser, default_output, recipe=None):
              "shifted, scaled and turned a little; in the transform's units, "
              "the canvas spanning -1 to 1: 0.04 shifts by 2 pixels of a "
              "100-pixel canvas and scales by 4%% of its side; validation and "
-             "test crop without it (0: none, the chapter's) (default: %(default)s)")
+             "test crop without it; -cropjitter puts it in the crop's units "
+             "(0: none, the chapter's) (default: %(default)s)")
     add("-cropjitter", "--cropjitter", action=argparse.BooleanOptionalAction,
         default=False,
         help="with -jitter, the noise is in the crop's own units instead of the "
-             "canvas's: it shifts the crop by SIGMA of its half-side and scales it "
-             "by 1 + SIGMA whatever the zoom, so that zooming in does not make the "
-             "same noise larger (default: %(default)s, the canvas's units)")
+             "canvas's: its SIGMA is of the crop's half-side on the shifts and of "
+             "its side on the scales, whatever the zoom, so that zooming in does "
+             "not make the same noise larger (the transform composed with a random "
+             "one near the identity; default: %(default)s, the canvas's units)")
     add("-jitterepoch", "--jitterepoch", type=cli.nonnegative_int, default=0,
         help="with -jitter, the noise starts at this epoch, once the transform "
              "has found the digit (0: from the start) (default: %(default)s)")

@@ -185,15 +185,15 @@ def test_jitter_goes_to_build_model(tmp_path, sequences1, monkeypatch, argv, jit
         assert got == jitter
 
 
-@pytest.mark.parametrize("argv, noise_layer", [([], "GaussianNoiseLayer"),
-                                               (["-cropjitter"], "CropNoiseLayer")])
-def test_cropjitter_puts_the_noise_in_the_crops_frame(tmp_path, sequences1, monkeypatch,
-                                                      argv, noise_layer):
+@pytest.mark.parametrize("argv, cropjitter", [([], False), (["-cropjitter"], True)])
+def test_cropjitter_reaches_the_transformers_noise_layer(tmp_path, sequences1, monkeypatch,
+                                                         argv, cropjitter):
+    from stn.layers import CropNoiseLayer
     called = called_with(monkeypatch, script, "build_model", tmp_path, sequences1,
                          ["-jitter", "0.05"] + argv)
-    assert called["cropjitter"] == bool(argv)
+    assert called["cropjitter"] is cropjitter
     l_transform = script.build_model.__wrapped__(**called)[3]
-    assert type(l_transform.input_layers[1]).__name__ == noise_layer
+    assert isinstance(l_transform.input_layers[1], CropNoiseLayer) is cropjitter
 
 
 @pytest.mark.parametrize("classdropout", [False, True])

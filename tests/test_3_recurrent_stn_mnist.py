@@ -74,6 +74,22 @@ def test_jitter_moves_each_step_of_each_canvas_in_training_only():
     assert np.abs(trained - tested).max() > 1e-3
 
 
+def test_cropjitter_scales_each_steps_noise_by_its_transform():
+    from stn.layers import CropNoiseLayer
+    sh_drp = theano.shared(lasagne.utils.floatX(0.0))
+    lasagne.random.set_rng(np.random.RandomState(0))
+    l_in, _, l_A_net, l_transform = script.build_model(DIM, STEPS, 2.0, sh_drp, jitter=0.1,
+                                                       cropjitter=True, initzoom=0.5)
+    l_noise = l_transform.input_layers[1]
+    assert isinstance(l_noise, CropNoiseLayer)
+    canvases = np.random.RandomState(3).rand(4, DIM, DIM).astype(np.float32)
+    A, jittered = theano.function([l_in.input_var], lasagne.layers.get_output(
+        [l_A_net, l_noise]))(canvases)
+    # A starts as 0.5 I: the noise of sigma 0.1 in the crop is 0.05 in the canvas.
+    np.testing.assert_allclose(A, np.tile([0.5, 0, 0, 0, 0.5, 0], (4 * STEPS, 1)), atol=1e-6)
+    assert 0.025 < (jittered - A).std() < 0.1
+
+
 def test_the_documented_chapter_command_gives_the_chapters_settings():
     check_chapter_command(script, "3-recurrent-stn-mnist.py",
                           epsilon=1e-6)           # Lasagne's rmsprop epsilon

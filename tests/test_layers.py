@@ -236,9 +236,9 @@ def test_jittered_adds_a_stream_of_noise_per_head_and_leaves_the_generator_alone
 def test_crop_noise_is_the_same_draws_composed_in_the_crops_frame():
     head = lasagne.layers.InputLayer((None, 6))
     layers = []
-    for in_crop in (False, True):
+    for cropjitter in (False, True):
         lasagne.random.set_rng(np.random.RandomState(7))
-        layers += jittered([head], 0.1, in_crop=in_crop)
+        layers += jittered([head], theano.shared(np.float32(0.1)), cropjitter=cropjitter)
     assert isinstance(layers[1], CropNoiseLayer)
     rng = np.random.RandomState(0)
     theta = np.concatenate([rng.uniform(-1, 1, (50, 6)),
@@ -247,8 +247,9 @@ def test_crop_noise_is_the_same_draws_composed_in_the_crops_frame():
                                       lasagne.layers.get_output(layers))(theta)
     # theta' = theta @ [[I + E_A, e_t], [0, 1]], E the additive layer's draws.
     E = (added - theta).reshape(-1, 2, 3)
-    A = theta.reshape(-1, 2, 3)[:, :, :2]
-    expected = theta.reshape(-1, 2, 3) + np.einsum("bij,bjk->bik", A, E)
+    noise = np.zeros((len(theta), 3, 3))
+    noise[:, :2] = E
+    expected = np.matmul(theta.reshape(-1, 2, 3), np.eye(3) + noise)
     np.testing.assert_allclose(composed, expected.reshape(-1, 6), atol=1e-6)
     # A crop of half the canvas: half the additive noise on every parameter.
     np.testing.assert_allclose((composed - theta)[50:], 0.5 * (added - theta)[50:], atol=1e-6)
