@@ -16,8 +16,9 @@ epoch 6 the two rates, the sharp crop and the jitter, the learning rate divided
 by 1.5 at epochs 11, 15, 19, ..., validation and test on a moving average of
 the weights), except that this script has no --branches and no -classdropout
 (its localization network has no dense layer for dropout to act on, so its
-dropout acts in the classifier only).  The chapter's own
-settings are one command away:
+dropout acts in the classifier only), and that its jitter is in the canvas's
+units (-jitter 0.04; -cropjitter is untried here).  The chapter's own settings
+are one command away:
 
     python 3-recurrent-stn-mnist.py -optimizer rmsprop -lr 0.0005 --batch-size 100 \\
         -epsilon 1e-6 -blur 0 -initzoom 1 -nodecay 30 -decayinterval 10 \\

@@ -37,12 +37,13 @@ def check_chapter_command(script, filename, **chapter):
     args = vars(script.build_parser().parse_args(argv))
     chapter = dict(training.default_settings(), **chapter)
     recipe = getattr(script, "RECIPE", training.RECIPE)
-    # -ratesepoch, -sharpepoch and -jitterepoch are left to the recipe: with no
-    # rate factor, no -sharp and no -jitter they act on nothing.
+    # -ratesepoch, -sharpepoch, -jitterepoch and -cropjitter are left to the
+    # recipe: with no rate factor, no -sharp and no -jitter they act on nothing.
     assert not training.two_rates(args)
     assert not any(training.starts_later(args, name) for name in training.LATER_FLAGS)
-    assert ({key: args[key] for key in recipe if not key.endswith("epoch")}
-            == {key: chapter[key] for key in recipe if not key.endswith("epoch")})
+    assert not args["jitter"]
+    kept = [key for key in recipe if not key.endswith("epoch") and key != "cropjitter"]
+    assert {key: args[key] for key in kept} == {key: chapter[key] for key in kept}
     return argv
 
 

@@ -185,7 +185,7 @@ def test_jitter_goes_to_build_model(tmp_path, sequences1, monkeypatch, argv, jit
         assert got == jitter
 
 
-@pytest.mark.parametrize("argv, cropjitter", [([], False), (["-cropjitter"], True)])
+@pytest.mark.parametrize("argv, cropjitter", [(["--no-cropjitter"], False), ([], True)])
 def test_cropjitter_reaches_the_transformers_noise_layer(tmp_path, sequences1, monkeypatch,
                                                          argv, cropjitter):
     from stn.layers import CropNoiseLayer
