@@ -45,7 +45,8 @@ BLUR_FLAGS = ("sharp", "blurepochs", "blurzoom")
 # localization network held", "Testing with a moving average of the weights"
 # and "The jitter from epoch 6", seeds 1-3 each, on 2-stn-cnn-mnist.py;
 # docs/recurrent.md, one seed, on the recurrent STN).  2-stn-cnn-mnist.py adds
-# -classdropout (its RECIPE).
+# -classdropout and puts its jitter in the crop's units (its RECIPE: -jitter 0.08
+# -cropjitter), so the -jitter 0.04 here is the recurrent STN's alone.
 RECIPE = dict(optimizer="adam", lr=0.0003, batch_size=32, epsilon=1e-4, blur=1.5,
               initzoom=0.65, nodecay=10, decayinterval=2, dropout=0.25, ratesepoch=6,
               classlr=3.0, loclr=0.1, sharp=True, sharpepoch=6, jitter=0.04,
@@ -150,7 +151,8 @@ def add_training_flags(parser, default_output, recipe=None):
              "canvas's: its SIGMA is of the crop's half-side on the shifts and of "
              "its side on the scales, whatever the zoom, so that zooming in does "
              "not make the same noise larger (the transform composed with a random "
-             "one near the identity; default: %(default)s, the canvas's units)")
+             "one near the identity; --no-cropjitter: the canvas's units) "
+             "(default: %(default)s)")
     add("-jitterepoch", "--jitterepoch", type=cli.nonnegative_int, default=0,
         help="with -jitter, the noise starts at this epoch, once the transform "
              "has found the digit (0: from the start) (default: %(default)s)")
