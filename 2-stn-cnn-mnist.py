@@ -18,8 +18,8 @@ network ten times slower, and the transform the crop is taken with gets a
 little Gaussian noise while training, in the crop's own units (sigma 0.08 of
 its half-side on the shifts, of its side on the scales); dropout 0.25, ramped
 up over epochs 0-4, acts in the classifier only; validation and test read a
-moving average of the weights (decay 0.999).  The chapter's own settings are one
-command away:
+moving average of the weights (decay 0.999).  The chapter's own settings are
+one command away:
 
     python 2-stn-cnn-mnist.py -optimizer rmsprop -lr 0.0005 --batch-size 100 \\
         -epsilon 1e-6 -blur 0 -initzoom 1 -nodecay 30 -decayinterval 10 \\
@@ -81,8 +81,8 @@ def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, jitter=0.0,
     identity); while training, ``jitter`` > 0 (a float, or a shared scalar)
     adds Gaussian noise of that sigma to the transform the crop is taken with
     (``stn.layers.jittered``, which gives the units: the canvas's, or with
-    ``cropjitter`` the crop's); ``blur``, ``sharp`` and
-    ``supersample`` are the TransformerLayer's.  With ``branches`` > 1,
+    ``cropjitter`` the crop's); ``blur``, ``sharp`` and ``supersample`` are
+    the TransformerLayer's.  With ``branches`` > 1,
     l_A_net gives the branches' transforms side by side (batch, 6 * branches)
     and l_transform their crops as channels.  With ``classdropout`` the
     dropout ``sh_drp`` is the classifier's only."""

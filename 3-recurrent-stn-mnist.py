@@ -59,8 +59,8 @@ def build_model(dim, num_steps, downsample, sh_drp, initzoom=1.0, jitter=0.0,
     the identity); while training, ``jitter`` > 0 (a float, or a shared
     scalar) adds Gaussian noise of that sigma to the transforms the crops are
     taken with (``stn.layers.jittered``, which gives the units: the
-    canvas's, or with ``cropjitter`` the crop's); ``blur``,
-    ``sharp`` and ``supersample`` are the TransformerLayer's.
+    canvas's, or with ``cropjitter`` the crop's); ``blur``, ``sharp`` and
+    ``supersample`` are the TransformerLayer's.
     """
     import lasagne
     import numpy as np

@@ -219,8 +219,7 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
     """What both STN scripts do around their network: check the settings, load
     the data, build the network with ``build_model(dim, num_steps, downsample,
     sh_drp, initzoom=, jitter=, cropjitter=, blur=, sharp=, supersample=,
-    **model_settings)``,
-    compile, train.  ``settings`` are the flags given, by name; ``parser`` the
+    **model_settings)``, compile, train.  ``settings`` are the flags given, by name; ``parser`` the
     script's, whose defaults fill the rest; ``model_flags`` the names of its
     own flags that build_model takes; ``recipe`` its defaults that differ
     from the chapter's; ``partners`` its (flag, partner, why) rows: a flag

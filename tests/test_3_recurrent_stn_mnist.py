@@ -87,7 +87,8 @@ def test_cropjitter_scales_each_steps_noise_by_its_transform():
         [l_A_net, l_noise]))(canvases)
     # A starts as 0.5 I: the noise of sigma 0.1 in the crop is 0.05 in the canvas.
     np.testing.assert_allclose(A, np.tile([0.5, 0, 0, 0, 0.5, 0], (4 * STEPS, 1)), atol=1e-6)
-    assert 0.025 < (jittered - A).std() < 0.1
+    # 72 draws: their spread within 30% of 0.05 (the canvas's units would give 0.1).
+    assert 0.035 < (jittered - A).std() < 0.065
 
 
 def test_the_documented_chapter_command_gives_the_chapters_settings():
