@@ -14,9 +14,8 @@ etc. (N, nb_digits, 4) int32, each digit's [x0, y0, x1, y1) on the canvas, and
 the generator settings.  The default 80k canvases of 100x100 take about 20 s.
 """
 from stn import cli
+from stn.clutter import DIGIT, PATCH_DATABASE, cut_patches, lay
 
-DIGIT = 28                # side of an MNIST digit
-PATCH_DATABASE = 100000   # clutter patches cut once, then drawn from
 CHUNK = 2000              # canvases rendered at a time (bounds memory)
 
 
@@ -70,17 +69,6 @@ def default_output(nb_digits, nb_distortions, distortion_size):
 
 # ---- The algorithm ----
 
-def cut_patches(rng, digits, count, size):
-    """``count`` size x size patches, each from a random digit at a random offset."""
-    import numpy as np
-    which = rng.randint(0, len(digits), count)
-    top = rng.randint(0, DIGIT - size + 1, count)
-    left = rng.randint(0, DIGIT - size + 1, count)
-    span = np.arange(size)
-    return digits[which[:, None, None], top[:, None, None] + span[None, :, None],
-                  left[:, None, None] + span[None, None, :]]
-
-
 def draw_layout(rng, count, n_digits_available, nb_digits, dim, nb_distortions,
                 distortion_size):
     """Draw every random choice for ``count`` canvases up front.
@@ -116,18 +104,7 @@ def render(layout, digits, patch_db, start, stop, dim):
         x = layout["x"][start:stop, i][:, None, None]
         canvas[rows, y + span[None, :, None], x + span[None, None, :]] = \
             digits[layout["which"][start:stop, i]]
-    # Patches are pasted one after another (a later one overwrites an earlier
-    # one) on their own canvas, which is then added to the digits and clipped.
-    clutter = np.zeros_like(canvas)
-    size = patch_db.shape[1]
-    span = np.arange(size)
-    for j in range(layout["patches"].shape[1]):
-        y = layout["corners"][start:stop, j, 0][:, None, None]
-        x = layout["corners"][start:stop, j, 1][:, None, None]
-        clutter[rows, y + span[None, :, None], x + span[None, None, :]] = \
-            patch_db[layout["patches"][start:stop, j]]
-    canvas += clutter
-    np.clip(canvas, 0, 1, out=canvas)
+    lay(canvas, patch_db[layout["patches"][start:stop]], layout["corners"][start:stop])
     return canvas.reshape(n, dim * dim)
 
 

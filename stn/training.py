@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from . import backend, cli, compiled, data, localization
+from . import backend, cli, clutter, compiled, data, localization
 from .errors import UserError
 
 LOG_EPSILON = 1e-5     # added to the softmax output before the log, as the chapter
@@ -153,9 +153,18 @@ def add_training_flags(parser, default_output, recipe=None):
              "not make the same noise larger (the transform composed with a random "
              "one near the identity; --no-cropjitter: the canvas's units) "
              "(default: %(default)s)")
+    add("-clutter", "--clutter", type=cli.nonnegative_int, default=0,
+        help="while training, lay this many more clutter patches on each "
+             "training canvas, new ones every batch, cut from the MNIST training "
+             "and validation digits as create_mnist_sequence.py cuts the "
+             "dataset's, of its --distortion_size, so that the classifier "
+             "cannot learn the canvases' own clutter by heart; validation and "
+             "test read the canvases as they are (0: none, the chapter's) "
+             "(default: %(default)s)")
     add("-jitterepoch", "--jitterepoch", type=cli.nonnegative_int, default=0,
-        help="with -jitter, the noise starts at this epoch, once the transform "
-             "has found the digit (0: from the start) (default: %(default)s)")
+        help="with -jitter or -clutter, the training noise starts at this epoch, "
+             "once the transform has found the digit (0: from the start) "
+             "(default: %(default)s)")
     add("-blur", "--blur", type=cli.nonnegative_float, default=0.0,
         help="blur the canvas on its way into the sampler with a fixed Gaussian "
              "of this sigma in pixels (0: none, the chapter's) (default: %(default)s)")
@@ -246,8 +255,9 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
              for flag in BLUR_FLAGS]
     needs += [("sharpepoch", settings["sharp"],
                "the epoch from which -sharp applies, so it needs -sharp"),
-              ("jitterepoch", settings["jitter"],
-               "the epoch from which -jitter applies, so it needs -jitter above 0"),
+              ("jitterepoch", settings["jitter"] or settings["clutter"],
+               "the epoch from which -jitter and -clutter apply, so it needs one "
+               "of them above 0"),
               ("cropjitter", settings["jitter"],
                "sets the units of -jitter's noise, so it needs -jitter above 0"),
               ("ratesepoch", two_rates(settings), "the epoch from which -loclr and "
@@ -717,7 +727,7 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
     variables that hold them; ``dataset`` comes from ``data.load_sequences``;
     ``settings`` holds the script's flags (epochs, batch_size, lr,
     decayinterval, decayfac, nodecay, dropout, blur, blurepochs, blurzoom,
-    sharp, sharpepoch, jitter, jitterepoch, initzoom, classlr, loclr,
+    sharp, sharpepoch, jitter, clutter, jitterepoch, initzoom, classlr, loclr,
     ratesepoch, patience, train_eval, seed, output, checkpoint, script).
     """
     X_train, y_train = dataset["X_train"], dataset["y_train"]
@@ -726,6 +736,15 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
     if batch_size > len(X_train):
         raise UserError("--batch-size %d: larger than the %d training canvases"
                         % (batch_size, len(X_train)))
+    patch_db = None
+    if settings["clutter"]:
+        # The digits the generator cuts its clutter from: MNIST's training
+        # and validation ones, never the test digits.
+        digits_train, _, digits_valid, _, _, _ = data.load_mnist()
+        patch_db = clutter.cut_patches(
+            np.random.RandomState(settings["seed"]),
+            np.concatenate([digits_train[:, 0], digits_valid[:, 0]]),
+            clutter.PATCH_DATABASE, dataset["distortion_size"])
     run = Run(settings)
     run.watch = {"watch_x": dataset["X_test"][:WATCH], "watch_y": dataset["y_test"][:WATCH]}
     if resume:
@@ -754,7 +773,13 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
             batches = list(iterate_minibatches(len(X_train), batch_size, rng))
             progress = cli.Progress(len(batches), "epoch %d" % epoch, done=run.batch)
             for idx in batches[run.batch:]:
-                loss, probs = train_fn(X_train[idx], y_train[idx])
+                X = X_train[idx]
+                if patch_db is not None and epoch >= settings["jitterepoch"]:
+                    # Drawn from the epoch and batch, so a resumed run lays the same.
+                    clutter.add_clutter(X, patch_db, settings["clutter"],
+                                        np.random.RandomState([settings["seed"], epoch,
+                                                               run.batch]))
+                loss, probs = train_fn(X, y_train[idx])
                 if not math.isfinite(float(loss)):
                     progress.close()
                     raise UserError(

@@ -519,11 +519,18 @@ def test_sharpepoch_without_sharp_is_refused(tmp_path, sequences1):
     assert os.listdir(str(tmp_path)) == []
 
 
-@pytest.mark.parametrize("flag, value", [("jitterepoch", 2), ("cropjitter", True)])
-def test_a_jitter_flag_without_jitter_is_refused(tmp_path, sequences1, flag, value):
-    with pytest.raises(UserError, match="-%s: .* so it needs -jitter above 0$" % flag):
+@pytest.mark.parametrize("flag, value, needs", [("jitterepoch", 2, "one of them above 0"),
+                                               ("cropjitter", True, "-jitter above 0")])
+def test_a_jitter_flag_without_jitter_is_refused(tmp_path, sequences1, flag, value, needs):
+    with pytest.raises(UserError, match="-%s: .* so it needs %s$" % (flag, needs)):
         run(tmp_path, sequences1, jitter=0.0, **{flag: value})
     assert os.listdir(str(tmp_path)) == []
+
+
+def test_clutter_alone_takes_jitterepoch(tmp_path, sequences1):
+    output, _ = run(tmp_path, sequences1, jitter=0.0, clutter=2, jitterepoch=1)
+    settings = json.loads(str(data.load_npz(output)["settings"]))
+    assert (settings["clutter"], settings["jitterepoch"], settings["jitter"]) == (2, 1, 0.0)
 
 
 def test_ratesepoch_without_a_rate_factor_is_refused(tmp_path, sequences1):

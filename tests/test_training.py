@@ -221,3 +221,61 @@ def test_a_history_record_missing_in_two_saves_stays_missing():
     watched = run.history_arrays()["history_watch_A"]
     assert watched.shape == (3, 6, 1, 6)
     assert np.isnan(watched[:2]).all() and (watched[2] == 1).all()
+
+
+class RecordingTrain:
+    """A train_fn that keeps the batches it is given and trains nothing."""
+
+    def __init__(self):
+        self.batches = []
+
+    def __call__(self, X, y):
+        self.batches.append(X.copy())
+        return np.float32(2.3), np.full((y.size, 10), 0.1, np.float32)
+
+    def get_shared(self):
+        return []
+
+
+class Value:
+    """A stand-in for a Theano shared scalar."""
+
+    def __init__(self, value=0.0):
+        self.value = value
+
+    def get_value(self):
+        return self.value
+
+    def set_value(self, value):
+        self.value = value
+
+
+def test_clutter_is_laid_on_the_training_batches_from_jitterepoch_on(tmp_path, mnist):
+    blank = lambda n: np.zeros((n, 32, 32), np.float32)
+    dataset = {"X_train": blank(16), "y_train": np.zeros((16, 1), np.int32),
+               "X_valid": blank(8), "y_valid": np.zeros((8, 1), np.int32),
+               "X_test": blank(8), "y_test": np.zeros((8, 1), np.int32),
+               "output_dim": 32, "distortion_size": 5}
+    settings = dict(training.default_settings(), epochs=2, batch_size=8, seed=4, clutter=2,
+                    jitterepoch=1, checkpoint=str(tmp_path / "c.ckpt.npz"), output=None,
+                    script="x.py")
+    train_fn = RecordingTrain()
+    identity = np.array([1, 0, 0, 0, 1, 0], np.float32)
+    eval_fn = lambda X: (np.full((len(X), 10), 0.1, np.float32), np.tile(identity, (len(X), 1)))
+    training.fit(train_fn, eval_fn, Value(0.1), {"dropout": Value()}, dataset, settings)
+    assert len(train_fn.batches) == 4
+    # Before -jitterepoch: the blank canvases as they are.
+    assert not any(batch.any() for batch in train_fn.batches[:2])
+    # From it on: two patches of 5x5 a canvas, cut from MNIST's training and
+    # validation digits, drawn from the run's seed, the epoch and the batch.
+    digits_train, _, digits_valid, _, _, _ = mnist
+    from stn import clutter
+    patch_db = clutter.cut_patches(np.random.RandomState(4),
+                                   np.concatenate([digits_train[:, 0], digits_valid[:, 0]]),
+                                   clutter.PATCH_DATABASE, 5)
+    for batch, recorded in enumerate(train_fn.batches[2:]):
+        expected = clutter.add_clutter(blank(8), patch_db, 2,
+                                       np.random.RandomState([4, 1, batch]))
+        assert recorded.any() and np.array_equal(recorded, expected)
+    # The dataset itself is left as it was.
+    assert not dataset["X_train"].any()

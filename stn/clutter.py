@@ -1,0 +1,48 @@
+"""The chapter's clutter: square patches cut from MNIST digits and laid on
+the canvases, by create_mnist_sequence.py once and by the training loop's
+``-clutter`` afresh every batch."""
+import numpy as np
+
+DIGIT = 28                # side of an MNIST digit
+PATCH_DATABASE = 100000   # patches cut once, then drawn from
+
+
+def cut_patches(rng, digits, count, size):
+    """``count`` patches of ``size`` x ``size`` pixels, each from a random
+    digit of ``digits`` (N, 28, 28) at a random offset; (count, size, size)."""
+    which = rng.randint(0, len(digits), count)
+    top = rng.randint(0, DIGIT - size + 1, count)
+    left = rng.randint(0, DIGIT - size + 1, count)
+    span = np.arange(size)
+    return digits[which[:, None, None], top[:, None, None] + span[None, :, None],
+                  left[:, None, None] + span[None, None, :]]
+
+
+def lay(canvas, patches, corners):
+    """Lay the clutter on ``canvas`` (n, W, W) float32, in place, as the
+    chapter's generator does: ``patches`` (n, k, s, s) go one after another
+    onto a layer of their own (a later one overwrites an earlier one) at
+    ``corners`` (n, k, 2), each patch's top row and left column in pixels;
+    the layer is added to the canvas, which is clipped to [0, 1]."""
+    n, k, size = patches.shape[:3]
+    rows = np.arange(n)[:, None, None]
+    span = np.arange(size)
+    layer = np.zeros_like(canvas)
+    for j in range(k):
+        y = corners[:, j, 0][:, None, None]
+        x = corners[:, j, 1][:, None, None]
+        layer[rows, y + span[None, :, None], x + span[None, None, :]] = patches[:, j]
+    canvas += layer
+    np.clip(canvas, 0, 1, out=canvas)
+    return canvas
+
+
+def add_clutter(canvas, patch_db, count, rng):
+    """``count`` more patches drawn from ``patch_db`` (P, s, s) at random
+    places on each of the canvases (n, W, W) float32, laid in place by
+    ``lay``; returns the canvases."""
+    n, dim = canvas.shape[:2]
+    size = patch_db.shape[1]
+    patches = patch_db[rng.randint(0, len(patch_db), (n, count))]
+    corners = rng.randint(0, dim - size + 1, (n, count, 2))
+    return lay(canvas, patches, corners)
