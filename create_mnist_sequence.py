@@ -14,7 +14,7 @@ etc. (N, nb_digits, 4) int32, each digit's [x0, y0, x1, y1) on the canvas, and
 the generator settings.  The default 80k canvases of 100x100 take about 20 s.
 """
 from stn import cli
-from stn.clutter import DIGIT, PATCH_DATABASE, cut_patches, lay
+from stn.clutter import CHAPTER_SIZE, DIGIT, PATCH_DATABASE, lay_patches, patch_database
 
 CHUNK = 2000              # canvases rendered at a time (bounds memory)
 
@@ -28,7 +28,7 @@ def build_parser():
         help="canvas side in pixels (default: %(default)s)")
     add("--nb_distortions", type=cli.nonnegative_int, default=8,
         help="clutter patches per canvas (default: %(default)s)")
-    add("--distortion_size", type=cli.positive_int, default=9,
+    add("--distortion_size", type=cli.positive_int, default=CHAPTER_SIZE,
         help="side of a clutter patch, at most 28 (default: %(default)s)")
     add("--train_size", type=cli.positive_int, default=60000,
         help="training canvases (default: %(default)s)")
@@ -104,7 +104,7 @@ def render(layout, digits, patch_db, start, stop, dim):
         x = layout["x"][start:stop, i][:, None, None]
         canvas[rows, y + span[None, :, None], x + span[None, None, :]] = \
             digits[layout["which"][start:stop, i]]
-    lay(canvas, patch_db[layout["patches"][start:stop]], layout["corners"][start:stop])
+    lay_patches(canvas, patch_db[layout["patches"][start:stop]], layout["corners"][start:stop])
     return canvas.reshape(n, dim * dim)
 
 
@@ -117,7 +117,7 @@ def boxes(layout):
 
 # ---- Main ----
 
-def main(nb_digits=3, output_dim=100, nb_distortions=8, distortion_size=9,
+def main(nb_digits=3, output_dim=100, nb_distortions=8, distortion_size=CHAPTER_SIZE,
          train_size=60000, valid_size=10000, test_size=10000, seed=1234,
          mnist=None, output=None, compress=False, mosaic=None):
     """Write the dataset file (and the mosaic); return the output path."""
@@ -131,12 +131,12 @@ def main(nb_digits=3, output_dim=100, nb_distortions=8, distortion_size=9,
     start_time = time.time()
     rng = np.random.RandomState(seed)
 
-    X_train, y_train, X_valid, y_valid, X_test, y_test = data.load_mnist(mnist)
+    splits = data.load_mnist(mnist)
+    X_train, y_train, X_valid, y_valid, X_test, y_test = splits
     images = {"train": (X_train[:, 0], y_train), "valid": (X_valid[:, 0], y_valid),
               "test": (X_test[:, 0], y_test)}
     sizes = {"train": train_size, "valid": valid_size, "test": test_size}
-    patch_db = cut_patches(rng, np.concatenate([X_train[:, 0], X_valid[:, 0]]),
-                           PATCH_DATABASE, distortion_size)
+    patch_db = patch_database(rng, splits, distortion_size)
     layouts = {split: draw_layout(rng, sizes[split], len(images[split][0]), nb_digits,
                                   output_dim, nb_distortions, distortion_size)
                for split in data.SPLITS}

@@ -16,6 +16,7 @@ import zipfile
 
 import numpy as np
 
+from . import clutter
 from .errors import UserError
 
 MAP_MIN_BYTES = 2**20  # uncompressed members from this size are memory-mapped
@@ -24,7 +25,6 @@ ALIGN_EXTRA_ID = 0xD935  # zip extra field that pads a member to alignment (zipa
 # The chapter's location of the MNIST pickle, kept for its users.
 CHAPTER_MNIST = "/sharedfiles/mnist.pkl.gz"
 SPLITS = ("train", "valid", "test")
-CHAPTER_DISTORTION = 9  # the side of the chapter's clutter patches, in pixels
 
 
 def bundled_mnist():
@@ -156,8 +156,9 @@ def load_sequences(path, nb_digits=None, hint=None, boxes=False):
     of its clutter patches in pixels ``distortion_size`` (the chapter's 9 when
     the file does not say), and the digit boxes ``boxes_{split}`` (N,
     nb_digits, 4), [x0, y0, x1, y1), when the file has them (files of
-    create_mnist_sequence.py do); with ``boxes`` they are required.  ``create_command`` is the command that rewrites the
-    file, when it stores its generator's settings, else None.
+    create_mnist_sequence.py do); with ``boxes`` they are required.
+    ``create_command`` is the command that rewrites the file, when it stores
+    its generator's settings, else None.
     """
     raw = load_npz(path, hint)
     data = {}
@@ -194,7 +195,7 @@ def load_sequences(path, nb_digits=None, hint=None, boxes=False):
     if len(dims) != 1 or len(widths) != 1:
         raise UserError("%s: the splits differ in canvas size or digit count" % path)
     data["output_dim"] = dims.pop()
-    data["distortion_size"] = int(raw.get("distortion_size", CHAPTER_DISTORTION))
+    data["distortion_size"] = int(raw.get("distortion_size", clutter.CHAPTER_SIZE))
     data["create_command"] = create_command(path, raw)
     return data
 

@@ -154,13 +154,14 @@ def add_training_flags(parser, default_output, recipe=None):
              "one near the identity; --no-cropjitter: the canvas's units) "
              "(default: %(default)s)")
     add("-clutter", "--clutter", type=cli.nonnegative_int, default=0,
-        help="while training, lay this many more clutter patches on each "
-             "training canvas, new ones every batch, cut from the MNIST training "
-             "and validation digits as create_mnist_sequence.py cuts the "
-             "dataset's, of its --distortion_size, so that the classifier "
-             "cannot learn the canvases' own clutter by heart; validation and "
-             "test read the canvases as they are (0: none, the chapter's) "
-             "(default: %(default)s)")
+        help="from -jitterepoch on, while training, lay this many more clutter "
+             "patches over each training canvas and its own clutter, new ones "
+             "every batch, cut from MNIST's training and validation digits as "
+             "create_mnist_sequence.py cuts the dataset's, of its "
+             "--distortion_size, so that the classifier cannot learn the "
+             "canvases' clutter by heart; the training accuracy is then read on "
+             "these canvases, validation and test on the dataset's as they are "
+             "(0: none, the chapter's) (default: %(default)s)")
     add("-jitterepoch", "--jitterepoch", type=cli.nonnegative_int, default=0,
         help="with -jitter or -clutter, the training noise starts at this epoch, "
              "once the transform has found the digit (0: from the start) "
@@ -274,6 +275,10 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
 
     dataset = data.load_sequences(settings["data"], nb_digits=nb_digits,
                                   hint=settings.get("create_data", create_data))
+    if settings["clutter"]:
+        dataset["patches"] = clutter.patch_database(
+            np.random.RandomState(settings["seed"]), data.load_mnist(),
+            dataset["distortion_size"])
     settings["create_data"] = dataset.pop("create_command") or create_data
     if settings["train_size"]:
         for key in ("X_train", "y_train"):
@@ -467,7 +472,9 @@ def scheduled(settings, epoch, zoom=None):
     (``initzoom`` before the first), so that the blur follows the spacing of
     the sampled points as an anti-aliasing filter should (Jaderberg et al.
     2015, section 3.4); with ``jitter`` and ``jitterepoch``, the jitter: 0
-    before that epoch, ``jitter`` from it on; with ``sharp`` and
+    before that epoch, ``jitter`` from it on; with ``clutter``, the patches
+    added to each training canvas: 0 before epoch ``jitterepoch``, ``clutter``
+    from it on; with ``sharp`` and
     ``sharpepoch``, sharp: 0 before that epoch, 1 from it on; with ``loclr``
     or ``classlr``, both rate factors: 1 before epoch ``ratesepoch``, theirs
     from it on."""
@@ -482,6 +489,8 @@ def scheduled(settings, epoch, zoom=None):
         if starts_later(settings, name):
             on = epoch >= settings[name + "epoch"]
             values[name] = float(settings[name]) if on else 0.0
+    if settings.get("clutter"):
+        values["clutter"] = settings["clutter"] if epoch >= settings["jitterepoch"] else 0
     if two_rates(settings):
         for name in RATE_FACTORS:
             values[name] = 1.0 if epoch < settings["ratesepoch"] else settings[name]
@@ -723,8 +732,10 @@ class StopFlag:
 def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
     """Train as the chapter: returns the results dict that is also saved.
 
-    ``shared`` maps the names of ``scheduled`` settings to the shared
-    variables that hold them; ``dataset`` comes from ``data.load_sequences``;
+    ``shared`` maps the names of ``scheduled`` settings (but ``clutter``,
+    which acts on the batches) to the shared variables that hold them;
+    ``dataset`` comes from ``data.load_sequences``, with ``settings["clutter"]``
+    its ``patches`` too (``clutter.patch_database``);
     ``settings`` holds the script's flags (epochs, batch_size, lr,
     decayinterval, decayfac, nodecay, dropout, blur, blurepochs, blurzoom,
     sharp, sharpepoch, jitter, clutter, jitterepoch, initzoom, classlr, loclr,
@@ -736,15 +747,6 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
     if batch_size > len(X_train):
         raise UserError("--batch-size %d: larger than the %d training canvases"
                         % (batch_size, len(X_train)))
-    patch_db = None
-    if settings["clutter"]:
-        # The digits the generator cuts its clutter from: MNIST's training
-        # and validation ones, never the test digits.
-        digits_train, _, digits_valid, _, _, _ = data.load_mnist()
-        patch_db = clutter.cut_patches(
-            np.random.RandomState(settings["seed"]),
-            np.concatenate([digits_train[:, 0], digits_valid[:, 0]]),
-            clutter.PATCH_DATABASE, dataset["distortion_size"])
     run = Run(settings)
     run.watch = {"watch_x": dataset["X_test"][:WATCH], "watch_y": dataset["y_test"][:WATCH]}
     if resume:
@@ -760,6 +762,7 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
             values = scheduled(settings, epoch,
                                float(np.mean(zooms)) if zooms and zooms[0] is not None
                                else None)
+            more_clutter = values.pop("clutter", 0)
             for name, value in values.items():
                 shared[name].set_value(np.float32(value))
             if run.batch == 0 and lr_decays(epoch, run.last_decay, settings["nodecay"],
@@ -773,10 +776,12 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
             batches = list(iterate_minibatches(len(X_train), batch_size, rng))
             progress = cli.Progress(len(batches), "epoch %d" % epoch, done=run.batch)
             for idx in batches[run.batch:]:
+                # An index array copies the batch (writable even from the
+                # read-only memory map), so the clutter leaves the dataset as it is.
                 X = X_train[idx]
-                if patch_db is not None and epoch >= settings["jitterepoch"]:
+                if more_clutter:
                     # Drawn from the epoch and batch, so a resumed run lays the same.
-                    clutter.add_clutter(X, patch_db, settings["clutter"],
+                    clutter.add_clutter(X, dataset["patches"], more_clutter,
                                         np.random.RandomState([settings["seed"], epoch,
                                                                run.batch]))
                 loss, probs = train_fn(X, y_train[idx])
@@ -833,6 +838,8 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
                     values[name] for name in RATE_FACTORS)
             if "jitter" in values:
                 rates += ", jitter %g" % values["jitter"]
+            if settings["clutter"]:
+                rates += ", clutter %d" % more_clutter
             print("Loss %.4f, lr %.3g%s, %.0f s (training %.0f s)"
                   % (train_loss, float(sh_lr.get_value()), rates, seconds, train_seconds))
             sys.stdout.flush()

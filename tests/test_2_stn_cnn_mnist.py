@@ -527,10 +527,12 @@ def test_a_jitter_flag_without_jitter_is_refused(tmp_path, sequences1, flag, val
     assert os.listdir(str(tmp_path)) == []
 
 
-def test_clutter_alone_takes_jitterepoch(tmp_path, sequences1):
-    output, _ = run(tmp_path, sequences1, jitter=0.0, clutter=2, jitterepoch=1)
+def test_clutter_alone_is_laid_from_jitterepoch_on(tmp_path, sequences1, capsys):
+    output, _ = run(tmp_path, sequences1, epochs=2, jitter=0.0, clutter=2, jitterepoch=1)
     settings = json.loads(str(data.load_npz(output)["settings"]))
     assert (settings["clutter"], settings["jitterepoch"], settings["jitter"]) == (2, 1, 0.0)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Loss")]
+    assert [", clutter %d," % n in line for n, line in zip((0, 2), lines)] == [True, True]
 
 
 def test_ratesepoch_without_a_rate_factor_is_refused(tmp_path, sequences1):

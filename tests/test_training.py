@@ -1,4 +1,7 @@
 """The training loop's parts (stn/training.py): update rules, rates, schedules, history."""
+import os
+import signal
+
 import numpy as np
 import pytest
 
@@ -168,6 +171,14 @@ def test_the_jitter_starts_at_jitterepoch():
     assert "jitter" not in training.scheduled(dict(settings, jitter=0.0), 0)
 
 
+def test_the_clutter_starts_at_jitterepoch():
+    settings = dict(training.default_settings(training.RECIPE), clutter=3, jitterepoch=2)
+    assert [training.scheduled(settings, epoch)["clutter"] for epoch in range(4)] == [
+        0, 0, 3, 3]
+    assert training.scheduled(dict(settings, jitterepoch=0), 0)["clutter"] == 3
+    assert "clutter" not in training.scheduled(dict(settings, clutter=0), 0)
+
+
 def test_ema_evaluates_the_bias_corrected_average_of_the_trained_weights():
     import lasagne
     import theano
@@ -224,13 +235,16 @@ def test_a_history_record_missing_in_two_saves_stays_missing():
 
 
 class RecordingTrain:
-    """A train_fn that keeps the batches it is given and trains nothing."""
+    """A train_fn that keeps the batches it is given and trains nothing; it
+    presses Ctrl-C during call number ``stop_at`` (counted from 1)."""
 
-    def __init__(self):
-        self.batches = []
+    def __init__(self, stop_at=None):
+        self.batches, self.stop_at = [], stop_at
 
     def __call__(self, X, y):
         self.batches.append(X.copy())
+        if len(self.batches) == self.stop_at:
+            os.kill(os.getpid(), signal.SIGINT)
         return np.float32(2.3), np.full((y.size, 10), 0.1, np.float32)
 
     def get_shared(self):
@@ -251,31 +265,46 @@ class Value:
 
 
 def test_clutter_is_laid_on_the_training_batches_from_jitterepoch_on(tmp_path, mnist):
-    blank = lambda n: np.zeros((n, 32, 32), np.float32)
+    from stn import clutter
+
+    def blank(n):
+        X = np.zeros((n, 32, 32), np.float32)
+        X.setflags(write=False)   # as the memory-mapped datasets
+        return X
+    evaluated = []
+
+    def eval_fn(X):
+        evaluated.append(X.copy())
+        return (np.full((len(X), 10), 0.1, np.float32),
+                np.tile(np.float32([1, 0, 0, 0, 1, 0]), (len(X), 1)))
+    patch_db = clutter.patch_database(np.random.RandomState(4), mnist, 5)
     dataset = {"X_train": blank(16), "y_train": np.zeros((16, 1), np.int32),
                "X_valid": blank(8), "y_valid": np.zeros((8, 1), np.int32),
                "X_test": blank(8), "y_test": np.zeros((8, 1), np.int32),
-               "output_dim": 32, "distortion_size": 5}
+               "output_dim": 32, "distortion_size": 5, "patches": patch_db}
     settings = dict(training.default_settings(), epochs=2, batch_size=8, seed=4, clutter=2,
                     jitterepoch=1, checkpoint=str(tmp_path / "c.ckpt.npz"), output=None,
                     script="x.py")
     train_fn = RecordingTrain()
-    identity = np.array([1, 0, 0, 0, 1, 0], np.float32)
-    eval_fn = lambda X: (np.full((len(X), 10), 0.1, np.float32), np.tile(identity, (len(X), 1)))
     training.fit(train_fn, eval_fn, Value(0.1), {"dropout": Value()}, dataset, settings)
     assert len(train_fn.batches) == 4
     # Before -jitterepoch: the blank canvases as they are.
     assert not any(batch.any() for batch in train_fn.batches[:2])
-    # From it on: two patches of 5x5 a canvas, cut from MNIST's training and
-    # validation digits, drawn from the run's seed, the epoch and the batch.
-    digits_train, _, digits_valid, _, _, _ = mnist
-    from stn import clutter
-    patch_db = clutter.cut_patches(np.random.RandomState(4),
-                                   np.concatenate([digits_train[:, 0], digits_valid[:, 0]]),
-                                   clutter.PATCH_DATABASE, 5)
+    # From it on: two patches a canvas from the database, placed at random
+    # from the run's seed, the epoch and the batch.
     for batch, recorded in enumerate(train_fn.batches[2:]):
-        expected = clutter.add_clutter(blank(8), patch_db, 2,
+        expected = clutter.add_clutter(np.zeros((8, 32, 32), np.float32), patch_db, 2,
                                        np.random.RandomState([4, 1, batch]))
         assert recorded.any() and np.array_equal(recorded, expected)
-    # The dataset itself is left as it was.
-    assert not dataset["X_train"].any()
+    # Validation and test read the canvases as they are.
+    assert len(evaluated) == 4 and not any(X.any() for X in evaluated)
+    # Stopped by Ctrl-C after the first batch of epoch 1 and resumed, the run
+    # is given the same batches.
+    stopped = RecordingTrain(stop_at=3)
+    with pytest.raises(training.Interrupted):
+        training.fit(stopped, eval_fn, Value(0.1), {"dropout": Value()}, dataset, settings)
+    resumed = RecordingTrain()
+    training.fit(resumed, eval_fn, Value(0.1), {"dropout": Value()}, dataset, settings,
+                 resume=settings["checkpoint"])
+    assert len(resumed.batches) == 1
+    assert np.array_equal(resumed.batches[0], train_fn.batches[3])
