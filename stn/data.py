@@ -154,6 +154,7 @@ def load_sequences(path, nb_digits=None, hint=None, boxes=False):
     Returns a dict with ``X_{split}`` as float32 (N, W, W) and ``y_{split}`` as
     int32 (N, nb_digits) for train, valid and test, ``output_dim`` W, the side
     of its clutter patches in pixels ``distortion_size`` (the chapter's 9 when
+    the file does not say), their number a canvas ``nb_distortions`` (None when
     the file does not say), and the digit boxes ``boxes_{split}`` (N,
     nb_digits, 4), [x0, y0, x1, y1), when the file has them (files of
     create_mnist_sequence.py do); with ``boxes`` they are required.
@@ -196,6 +197,7 @@ def load_sequences(path, nb_digits=None, hint=None, boxes=False):
         raise UserError("%s: the splits differ in canvas size or digit count" % path)
     data["output_dim"] = dims.pop()
     data["distortion_size"] = int(raw.get("distortion_size", clutter.CHAPTER_SIZE))
+    data["nb_distortions"] = int(raw["nb_distortions"]) if "nb_distortions" in raw else None
     data["create_command"] = create_command(path, raw)
     return data
 

@@ -275,6 +275,15 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
 
     dataset = data.load_sequences(settings["data"], nb_digits=nb_digits,
                                   hint=settings.get("create_data", create_data))
+    if settings["clutter"] and dataset["nb_distortions"] == 0:
+        # Clutter on the training canvases alone would make them unlike the
+        # test canvases: a recipe's -clutter gives way, a typed one is refused.
+        if "clutter" in typed:
+            raise UserError("-clutter %d: %s has no clutter (--nb_distortions 0), "
+                            "so its training canvases should have none either; "
+                            "leave -clutter at 0" % (settings["clutter"], settings["data"]))
+        print("-clutter 0: %s has no clutter (--nb_distortions 0)" % settings["data"])
+        settings["clutter"] = 0
     if settings["clutter"]:
         dataset["patches"] = clutter.patch_database(
             np.random.RandomState(settings["seed"]), data.load_mnist(),

@@ -54,11 +54,12 @@ def mnist():
     return data.load_mnist()
 
 
-def make_sequences(directory, nb_digits, output_dim, train_size=200):
+def make_sequences(directory, nb_digits, output_dim, train_size=200, nb_distortions=8):
     """A small real dataset made by create_mnist_sequence.py."""
     create = load_script("create_mnist_sequence.py")
     return create.main(nb_digits=nb_digits, output_dim=output_dim,
-                       train_size=train_size, valid_size=50, test_size=50,
+                       nb_distortions=nb_distortions, train_size=train_size,
+                       valid_size=50, test_size=50,
                        output=str(directory / ("seq%d.npz" % nb_digits)))
 
 

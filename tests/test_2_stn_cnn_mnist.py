@@ -535,6 +535,20 @@ def test_clutter_alone_is_laid_from_jitterepoch_on(tmp_path, sequences1, capsys)
     assert [", clutter %d," % n in line for n, line in zip((0, 2), lines)] == [True, True]
 
 
+def test_a_dataset_without_clutter_gets_none_from_the_recipe_and_refuses_it_typed(
+        tmp_path, monkeypatch, capsys):
+    clean = make_sequences(tmp_path, 1, 60, train_size=50, nb_distortions=0)
+    monkeypatch.setattr(script, "RECIPE", dict(script.RECIPE, clutter=3, jitterepoch=0))
+    output, _ = run(tmp_path, clean)
+    assert json.loads(str(data.load_npz(output)["settings"]))["clutter"] == 0
+    out = capsys.readouterr().out
+    assert "-clutter 0: %s has no clutter (--nb_distortions 0)" % clean in out
+    assert ", clutter" not in out
+    with pytest.raises(UserError, match="-clutter 3: .* has no clutter .*; leave -clutter at 0$"):
+        run(tmp_path, clean, name="typed.npz", clutter=3)
+    assert not os.path.exists(str(tmp_path / "typed.npz"))
+
+
 def test_ratesepoch_without_a_rate_factor_is_refused(tmp_path, sequences1):
     with pytest.raises(UserError, match="-ratesepoch: .* needs one of them other than 1"):
         run(tmp_path, sequences1, classlr=1.0, loclr=1.0, ratesepoch=2)

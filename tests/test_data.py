@@ -106,10 +106,13 @@ def test_load_sequences_checks_keys_shapes_and_digits(tmp_path):
     data.save_npz(path, **sequences())
     loaded = data.load_sequences(path, nb_digits=1)
     assert loaded["X_test"].shape == (4, 30, 30) and loaded["output_dim"] == 30
-    # The side of its clutter patches: the chapter's when the file does not say.
-    assert loaded["distortion_size"] == 9
-    data.save_npz(path, distortion_size=np.int64(5), **sequences())
-    assert data.load_sequences(path)["distortion_size"] == 5
+    # The side of its clutter patches: the chapter's when the file does not
+    # say; their number: None.
+    assert (loaded["distortion_size"], loaded["nb_distortions"]) == (9, None)
+    data.save_npz(path, distortion_size=np.int64(5), nb_distortions=np.int64(0),
+                  **sequences())
+    loaded = data.load_sequences(path)
+    assert (loaded["distortion_size"], loaded["nb_distortions"]) == (5, 0)
     with pytest.raises(UserError, match="holds 1 digits per canvas, this script reads 3"):
         data.load_sequences(path, nb_digits=3)
     bad = sequences()
