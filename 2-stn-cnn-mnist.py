@@ -16,14 +16,16 @@ of 0.65 of the canvas, and the learning rate divided by 1.5 at epochs 11, 15,
 learns three times faster and reads the unblurred crop, and the localization
 network ten times slower, and the transform the crop is taken with gets a
 little Gaussian noise while training, in the crop's own units (sigma 0.08 of
-its half-side on the shifts, of its side on the scales); dropout 0.25, ramped
-up over epochs 0-4, acts in the classifier only; validation and test read a
-moving average of the weights (decay 0.999).  The chapter's own settings are
+its half-side on the shifts, of its side on the scales), and each training
+canvas 4 more clutter patches, new every batch; dropout 0.25, ramped up over
+epochs 0-4, acts in the classifier only; validation and test read a moving
+average of the weights (decay 0.999).  The chapter's own settings are
 one command away:
 
     python 2-stn-cnn-mnist.py -optimizer rmsprop -lr 0.0005 --batch-size 100 \\
         -epsilon 1e-6 -blur 0 -initzoom 1 -nodecay 30 -decayinterval 10 \\
-        -dropout 0 -classlr 1 -loclr 1 --no-sharp --no-classdropout -jitter 0 -ema 0
+        -dropout 0 -classlr 1 -loclr 1 --no-sharp --no-classdropout -jitter 0 \\
+        -clutter 0 -ema 0
 
 Reads mnist_sequence1_sample_8distortions_9x9.npz (create it with
 `python create_mnist_sequence.py --nb_digits 1`) and writes res_test_2.npz (the
@@ -44,10 +46,11 @@ from stn import cli, training
 
 DEFAULT_DATA = "mnist_sequence1_sample_8distortions_9x9.npz"
 CREATE_DATA = "python create_mnist_sequence.py --nb_digits 1"
-# The shared recipe, with its dropout in the classifier only and its jitter in
-# the crop's units (docs/localisation.md, "The defaults with adam's epsilon at
-# 1e-4" and "The jitter in the crop's units", seeds 1-3 each).
-RECIPE = dict(training.RECIPE, classdropout=True, jitter=0.08, cropjitter=True)
+# The shared recipe, with its dropout in the classifier only, its jitter in
+# the crop's units and fresh clutter on the training canvases
+# (docs/localisation.md, "The defaults with adam's epsilon at 1e-4", "The
+# jitter in the crop's units" and "Fresh clutter every batch", seeds 1-3 each).
+RECIPE = dict(training.RECIPE, classdropout=True, jitter=0.08, cropjitter=True, clutter=4)
 # This script's flags that do nothing while their partner flag is 0 or off
 # (run_script refuses them typed alone): (flag, partner, why).
 PARTNERS = [("classdropout", "dropout", "acts on the dropout, so it needs -dropout above 0")]

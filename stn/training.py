@@ -161,7 +161,8 @@ def add_training_flags(parser, default_output, recipe=None):
              "--distortion_size, so that the classifier cannot learn the "
              "canvases' clutter by heart; the training accuracy is then read on "
              "these canvases, validation and test on the dataset's as they are "
-             "(0: none, the chapter's) (default: %(default)s)")
+             "(0: none, the chapter's; a dataset made without clutter gets none) "
+             "(default: %(default)s)")
     add("-jitterepoch", "--jitterepoch", type=cli.nonnegative_int, default=0,
         help="with -jitter or -clutter, the training noise starts at this epoch, "
              "once the transform has found the digit (0: from the start) "
