@@ -17,7 +17,7 @@ learns three times faster and reads the unblurred crop, and the localization
 network ten times slower, and the transform the crop is taken with gets a
 little Gaussian noise while training, in the crop's own units (sigma 0.08 of
 its half-side on the shifts, of its side on the scales), and each training
-canvas 4 more clutter patches, new every batch; dropout 0.25, ramped up over
+canvas gets 4 more clutter patches, new every batch; dropout 0.25, ramped up over
 epochs 0-4, acts in the classifier only; validation and test read a moving
 average of the weights (decay 0.999).  The chapter's own settings are
 one command away:

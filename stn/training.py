@@ -161,7 +161,8 @@ def add_training_flags(parser, default_output, recipe=None):
              "--distortion_size, so that the classifier cannot learn the "
              "canvases' clutter by heart; the training accuracy is then read on "
              "these canvases, validation and test on the dataset's as they are "
-             "(0: none, the chapter's; a dataset made without clutter gets none) "
+             "(0: none, the chapter's; on a dataset made without clutter a "
+             "script's default gives way to 0 and a value typed is refused) "
              "(default: %(default)s)")
     add("-jitterepoch", "--jitterepoch", type=cli.nonnegative_int, default=0,
         help="with -jitter or -clutter, the training noise starts at this epoch, "
