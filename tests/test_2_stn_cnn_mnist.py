@@ -549,6 +549,14 @@ def test_a_dataset_without_clutter_gets_none_from_the_recipe_and_refuses_it_type
     assert not os.path.exists(str(tmp_path / "typed.npz"))
 
 
+def test_jitterepoch_is_refused_where_the_recipes_clutter_gives_way_and_no_jitter_is_left(
+        tmp_path):
+    clean = make_sequences(tmp_path, 1, 60, train_size=50, nb_distortions=0)
+    with pytest.raises(UserError, match="-jitterepoch: .* so it needs one of them above 0$"):
+        run(tmp_path, clean, jitter=0.0, jitterepoch=3)
+    assert sorted(os.listdir(str(tmp_path))) == [os.path.basename(clean)]
+
+
 def test_ratesepoch_without_a_rate_factor_is_refused(tmp_path, sequences1):
     with pytest.raises(UserError, match="-ratesepoch: .* needs one of them other than 1"):
         run(tmp_path, sequences1, classlr=1.0, loclr=1.0, ratesepoch=2)
