@@ -14,6 +14,11 @@ canvases and transforms, blurred or supersampled as the run's settings say:
 
 With --gif it also animates how the transformer learned: one frame an epoch,
 the footprints and crops of the first test canvases, which every run keeps.
+
+It also prints the whole test set's accuracy by the distance, in pixels, of
+each crop's centre from its digit's box centre (one transform a digit: not for
+--branches), which tells whether the errors come from crops that miss their
+digit or from the classifier reading centred ones.
 """
 import json
 import os
@@ -194,7 +199,25 @@ def main(file, n=5, seed=111, output=None, show=False, gif=False):
     if animation:
         write_gif(res, (out_height, out_width), sampling, settings, animation)
         print("Wrote %s" % animation)
+    if not branches and "all_A" in res and "all_boxes" in res:
+        print_accuracy_by_distance(res, height, width)
     return output
+
+
+def print_accuracy_by_distance(res, height, width):
+    """Print the test set's accuracy by the distance of each crop's centre from
+    its digit's (from the results' ``all_A``, ``all_boxes``, ``all_preds`` and
+    ``all_y``): whether the errors come from crops that miss their digit."""
+    from stn import localization
+    distances = localization.centre_distances(res["all_A"], res["all_boxes"], height, width)
+    correct = res["all_preds"].reshape(distances.shape) == res["all_y"].reshape(distances.shape)
+    print("Test accuracy by the distance of the crop's centre from its digit's centre:")
+    print("%10s %7s %7s %9s %7s" % ("pixels", "crops", "share", "accuracy", "errors"))
+    for low, high, crops, errors in localization.accuracy_by_distance(distances, correct):
+        bin_name = "%g-%g" % (low, high) if high < float("inf") else "%g+" % low
+        accuracy = "%.2f%%" % (100.0 * (crops - errors) / crops) if crops else "-"
+        print("%10s %7d %6.1f%% %9s %7d" % (bin_name, crops, 100.0 * crops / distances.size,
+                                           accuracy, errors))
 
 
 def epoch_sampling(sampling, settings, epoch, sigma):

@@ -9,6 +9,8 @@ identity's), and its centre sits at (tx, ty), in pixels
 import numpy as np
 
 STATS = ("zoom_x", "zoom_y", "shift", "centred")
+# The bins, in pixels, of a crop's distance from its digit (accuracy_by_distance).
+DISTANCE_EDGES = (0, 2, 4, 6, 8, 12, 20)
 
 
 def summary(A, boxes=None, height=None, width=None):
@@ -46,12 +48,47 @@ def summary(A, boxes=None, height=None, width=None):
         if boxes.shape[1] not in (1, A.shape[1]):
             raise ValueError("summary: %d boxes a canvas for %d transforms"
                              % (boxes.shape[1], A.shape[1]))
-        x = (A[..., 2] + 1) / 2 * (width - 1)
-        y = (A[..., 5] + 1) / 2 * (height - 1)
+        x, y = crop_centres(A, height, width)
         inside = ((boxes[..., 0] <= x) & (x < boxes[..., 2])
                   & (boxes[..., 1] <= y) & (y < boxes[..., 3]))
         stats["centred"] = inside.mean(0)
     return stats
+
+
+def crop_centres(A, height, width):
+    """The centres (x, y) in pixels, each (N, k), of transforms ``A`` (N, k,
+    6) on a height x width canvas."""
+    return (A[..., 2] + 1) / 2 * (width - 1), (A[..., 5] + 1) / 2 * (height - 1)
+
+
+def centre_distances(A, boxes, height, width):
+    """The distance in pixels from each crop's centre to its digit's box's.
+
+    ``A`` (N, 6) or (N, k, 6) and ``boxes`` (N, k, 4) or (N, 1, 4) as in
+    ``summary``; a box [x0, y0, x1, y1) covers pixels x0 .. x1 - 1, so its
+    centre is ((x0 + x1 - 1) / 2, (y0 + y1 - 1) / 2).  Returns float64 (N, k).
+    """
+    A = np.asarray(A, np.float64)
+    A = A.reshape(len(A), -1, 6)
+    boxes = np.asarray(boxes, np.float64)
+    x, y = crop_centres(A, height, width)
+    return np.hypot(x - (boxes[..., 0] + boxes[..., 2] - 1) / 2,
+                    y - (boxes[..., 1] + boxes[..., 3] - 1) / 2)
+
+
+def accuracy_by_distance(distances, correct, edges=DISTANCE_EDGES):
+    """Count the crops and their errors by the distance of their centre from
+    their digit's (``centre_distances``), in the bins [edges[i], edges[i + 1])
+    pixels and a last one from edges[-1] on.  ``correct`` is a boolean array
+    of the same shape as ``distances``.  Returns a list of (low, high, crops,
+    errors), high being inf for the last bin."""
+    distances, correct = np.ravel(distances), np.ravel(correct)
+    bounds = list(edges) + [np.inf]
+    rows = []
+    for low, high in zip(bounds[:-1], bounds[1:]):
+        inside = (low <= distances) & (distances < high)
+        rows.append((low, high, int(inside.sum()), int((inside & ~correct).sum())))
+    return rows
 
 
 def describe(stats):

@@ -226,29 +226,6 @@ def default_settings(recipe=None):
     return vars(parser.parse_args([]))
 
 
-def refuse_idle_flags(settings, typed, partners):
-    """Raise UserError for a flag in ``typed`` (the names given) that does
-    nothing because its partner flag in ``settings`` is 0 or off: the blur's
-    flags without -blur, -sharpepoch without -sharp, -jitterepoch without
-    -jitter or -clutter, -cropjitter without -jitter, -ratesepoch without a
-    rate factor, and the script's own ``partners`` rows (flag, partner, why)."""
-    needs = [(flag, settings["blur"], "acts on the blur, so it needs -blur above 0")
-             for flag in BLUR_FLAGS]
-    needs += [("sharpepoch", settings["sharp"],
-               "the epoch from which -sharp applies, so it needs -sharp"),
-              ("jitterepoch", settings["jitter"] or settings["clutter"],
-               "the epoch from which -jitter and -clutter apply, so it needs one "
-               "of them above 0"),
-              ("cropjitter", settings["jitter"],
-               "sets the units of -jitter's noise, so it needs -jitter above 0"),
-              ("ratesepoch", two_rates(settings), "the epoch from which -loclr and "
-               "-classlr apply, so it needs one of them other than 1")]
-    needs += [(flag, settings[partner], why) for flag, partner, why in partners]
-    for flag, partner, why in needs:
-        if flag in typed and settings[flag] and not partner:
-            raise UserError("-%s: %s" % (flag, why))
-
-
 def run_script(script, settings, parser, create_data, nb_digits, build_model,
                model_flags=(), recipe=None, partners=()):
     """What both STN scripts do around their network: check the settings, load
@@ -276,7 +253,22 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
         # Absolute, so that --resume works from any directory.
         for name in ("data", "output", "checkpoint"):
             settings[name] = os.path.abspath(settings[name])
-    refuse_idle_flags(settings, typed, partners)
+    # A flag typed that acts on another left at its default does nothing.
+    needs = [(flag, settings["blur"], "acts on the blur, so it needs -blur above 0")
+             for flag in BLUR_FLAGS]
+    needs += [("sharpepoch", settings["sharp"],
+               "the epoch from which -sharp applies, so it needs -sharp"),
+              ("jitterepoch", settings["jitter"] or settings["clutter"],
+               "the epoch from which -jitter and -clutter apply, so it needs one "
+               "of them above 0"),
+              ("cropjitter", settings["jitter"],
+               "sets the units of -jitter's noise, so it needs -jitter above 0"),
+              ("ratesepoch", two_rates(settings), "the epoch from which -loclr and "
+               "-classlr apply, so it needs one of them other than 1")]
+    needs += [(flag, settings[partner], why) for flag, partner, why in partners]
+    for flag, partner, why in needs:
+        if flag in typed and settings[flag] and not partner:
+            raise UserError("-%s: %s" % (flag, why))
     resume = settings.pop("resume")
     settings["epochs"] = settings["epochs"] or EPOCHS
     settings["script"] = script
@@ -294,7 +286,9 @@ def run_script(script, settings, parser, create_data, nb_digits, build_model,
                             "leave -clutter at 0" % (settings["clutter"], settings["data"]))
         print("-clutter 0: %s has no clutter (--nb_distortions 0)" % settings["data"])
         settings["clutter"] = 0
-        refuse_idle_flags(settings, typed, partners)
+        if "jitterepoch" in typed and settings["jitterepoch"] and not settings["jitter"]:
+            raise UserError("-jitterepoch: %s has no clutter, so -jitterepoch needs "
+                            "-jitter above 0" % settings["data"])
     if settings["clutter"]:
         dataset["patches"] = clutter.patch_database(
             np.random.RandomState(settings["seed"]), data.load_mnist(),
@@ -885,7 +879,10 @@ def fit(train_fn, eval_fn, sh_lr, shared, dataset, settings, resume=None):
                     "y": last.ravel() if num_steps == 1 else last,
                     "A": A[:, 0] if A.shape[1] == 1 else A,
                     "all_y": y_test.ravel() if num_steps == 1 else y_test,
-                    "all_preds": test_preds.ravel() if num_steps == 1 else test_preds}
+                    "all_preds": test_preds.ravel() if num_steps == 1 else test_preds,
+                    "all_A": test_A[:, 0] if test_A.shape[1] == 1 else test_A}
+                if "boxes_test" in dataset:
+                    run.best["all_boxes"] = np.asarray(dataset["boxes_test"])
             run.epoch += 1
             run.batch = run.batch_correct = 0
             run.batch_loss = 0.0

@@ -250,6 +250,9 @@ def test_epoch_summary_matches_the_saved_transforms_and_boxes(tmp_path, sequence
     centred = np.mean([b[0, 0] <= x < b[0, 2] and b[0, 1] <= y < b[0, 3]
                        for x, y, b in zip(centre_x, centre_y, boxes)])
     assert res["history_zoom_x"].shape == (2, 1)
+    # The whole test set's transforms and boxes, for plot_crops.py's errors table.
+    np.testing.assert_array_equal(res["all_A"], res["A"])
+    np.testing.assert_array_equal(res["all_boxes"], boxes)
     for key, value in [("zoom_x", zoom_x), ("zoom_y", zoom_y), ("shift", shift),
                        ("centred", centred)]:
         np.testing.assert_allclose(res["history_" + key][best], [value], rtol=1e-5)
@@ -552,7 +555,8 @@ def test_a_dataset_without_clutter_gets_none_from_the_recipe_and_refuses_it_type
 def test_jitterepoch_is_refused_where_the_recipes_clutter_gives_way_and_no_jitter_is_left(
         tmp_path):
     clean = make_sequences(tmp_path, 1, 60, train_size=50, nb_distortions=0)
-    with pytest.raises(UserError, match="-jitterepoch: .* so it needs one of them above 0$"):
+    with pytest.raises(UserError, match="-jitterepoch: .* has no clutter, so -jitterepoch "
+                                        "needs -jitter above 0$"):
         run(tmp_path, clean, jitter=0.0, jitterepoch=3)
     assert sorted(os.listdir(str(tmp_path))) == [os.path.basename(clean)]
 

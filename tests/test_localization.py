@@ -45,3 +45,23 @@ def test_steps_are_compared_with_their_own_digit():
                     "shift 0.50/0.00/0.50, centred 100%/50%/50%")
     with pytest.raises(ValueError, match="2 boxes a canvas for 3 transforms"):
         localization.summary(A, boxes[:, :2], 101, 101)
+
+
+def test_centre_distances_and_accuracy_by_distance():
+    # 101x101 canvas: theta's shift t puts the centre at pixel 50 + 50 t.  Box
+    # [40, 40, 61, 61) covers pixels 40..60: its centre is (50, 50).
+    box = [40, 40, 61, 61]
+    A = np.array([[0.5, 0, 0, 0, 0.5, 0],          # on the centre: 0 px
+                  [0.5, 0, 0.06, 0, 0.5, 0.08],    # (53, 54): 5 px
+                  [0.5, 0, -0.5, 0, 0.5, 0],       # (25, 50): 25 px
+                  [0.5, 0, 0, 0, 0.5, -0.04]])     # (50, 48): 2 px, the bin's low edge
+    distances = localization.centre_distances(A, np.array([[box]] * 4), 101, 101)
+    np.testing.assert_allclose(distances, [[0], [5], [25], [2]], atol=1e-12)
+    correct = np.array([[True], [False], [False], [True]])
+    rows = localization.accuracy_by_distance(distances, correct, edges=(0, 2, 6))
+    assert rows == [(0, 2, 1, 0), (2, 6, 2, 1), (6, np.inf, 1, 1)]
+    # Steps against their own digit, as summary compares them.
+    steps = localization.centre_distances(A.reshape(2, 2, 6),
+                                          np.array([[box, [0, 0, 11, 11]]] * 2), 101, 101)
+    np.testing.assert_allclose(steps[:, 0], [0, 25], atol=1e-12)
+    np.testing.assert_allclose(steps[:, 1], [np.hypot(48, 49), np.hypot(45, 43)])

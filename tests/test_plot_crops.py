@@ -135,6 +135,29 @@ def test_draws_the_sharp_crop_from_sharpepoch_on(tmp_path, monkeypatch):
     assert blurs == [1.5] * 2 + [1.5] * 2 + [0.0] * 2
 
 
+def test_prints_the_test_accuracy_by_the_crops_distance_from_its_digit(tmp_path, capsys):
+    # 101x101 canvases, every digit's box centred at pixel (50, 50); the crop
+    # centres 50 t px away for a shift t: 0, 1, 5 and 30 px.
+    path = str(tmp_path / "res.npz")
+    shifts = np.array([0.0, 0.02, 0.1, 0.6])
+    all_A = np.zeros((4, 6), np.float32)
+    all_A[:, 0] = all_A[:, 4] = 0.5
+    all_A[:, 2] = shifts
+    data.save_npz(path, x=np.zeros((4, 101, 101), np.float32), A=all_A,
+                  preds=np.zeros(4, np.int32), all_A=all_A,
+                  all_boxes=np.tile(np.int32([40, 40, 61, 61]), (4, 1, 1)),
+                  all_preds=np.int32([7, 3, 7, 1]), all_y=np.int32([7, 7, 7, 7]))
+    script.main(path)
+    lines = capsys.readouterr().out.splitlines()
+    table = lines[lines.index("Test accuracy by the distance of the crop's centre from "
+                              "its digit's centre:") + 2:]
+    assert [line.split() for line in table] == [
+        ["0-2", "2", "50.0%", "50.00%", "1"], ["2-4", "0", "0.0%", "-", "0"],
+        ["4-6", "1", "25.0%", "100.00%", "0"], ["6-8", "0", "0.0%", "-", "0"],
+        ["8-12", "0", "0.0%", "-", "0"], ["12-20", "0", "0.0%", "-", "0"],
+        ["20+", "1", "25.0%", "0.00%", "1"]]
+
+
 def test_results_file_without_the_needed_keys(tmp_path):
     path = str(tmp_path / "res.npz")
     data.save_npz(path, x=np.zeros((2, 30, 30), np.float32))
