@@ -199,8 +199,14 @@ def main(file, n=5, seed=111, output=None, show=False, gif=False):
     if animation:
         write_gif(res, (out_height, out_width), sampling, settings, animation)
         print("Wrote %s" % animation)
-    if not branches and "all_A" in res and "all_boxes" in res:
+    if branches:
+        print("No accuracy by distance: the parallel transformers' crops are read together")
+    elif "all_A" in res and "all_boxes" in res:
         print_accuracy_by_distance(res, height, width)
+    else:
+        print("No accuracy by distance: %s keeps no test transforms and boxes (all_A, "
+              "all_boxes; results written before they were kept, or of a dataset without "
+              "boxes, lack them)" % file)
     return output
 
 

@@ -44,15 +44,23 @@ def summary(A, boxes=None, height=None, width=None):
     if boxes is not None:
         if height is None or width is None:
             raise ValueError("summary: boxes need the canvas's height and width")
-        boxes = np.asarray(boxes)
-        if boxes.shape[1] not in (1, A.shape[1]):
-            raise ValueError("summary: %d boxes a canvas for %d transforms"
-                             % (boxes.shape[1], A.shape[1]))
+        boxes = paired_boxes(A, boxes, "summary")
         x, y = crop_centres(A, height, width)
         inside = ((boxes[..., 0] <= x) & (x < boxes[..., 2])
                   & (boxes[..., 1] <= y) & (y < boxes[..., 3]))
         stats["centred"] = inside.mean(0)
     return stats
+
+
+def paired_boxes(A, boxes, caller):
+    """``boxes`` as an array (N, n, 4) to compare with transforms ``A`` (N, k,
+    6): n == k pairs step j with digit j, n == 1 every step with the one
+    digit.  Raises ValueError, naming ``caller``, for other shapes."""
+    boxes = np.asarray(boxes)
+    if boxes.ndim != 3 or boxes.shape[0] != A.shape[0] or boxes.shape[1] not in (1, A.shape[1]):
+        raise ValueError("%s: boxes of shape %s for transforms of shape %s; give (%d, 1 or "
+                         "%d, 4)" % (caller, boxes.shape, A.shape, A.shape[0], A.shape[1]))
+    return boxes
 
 
 def crop_centres(A, height, width):
@@ -66,11 +74,14 @@ def centre_distances(A, boxes, height, width):
 
     ``A`` (N, 6) or (N, k, 6) and ``boxes`` (N, k, 4) or (N, 1, 4) as in
     ``summary``; a box [x0, y0, x1, y1) covers pixels x0 .. x1 - 1, so its
-    centre is ((x0 + x1 - 1) / 2, (y0 + y1 - 1) / 2).  Returns float64 (N, k).
+    centre is the middle of their centres, ((x0 + x1 - 1) / 2, (y0 + y1 - 1) /
+    2) (``summary`` counts a crop centred when its centre lies in [x0, x1) x
+    [y0, y1)).  Returns float64 (N, k), NaN for a non-finite transform.
+    Raises ValueError for boxes of another shape.
     """
     A = np.asarray(A, np.float64)
     A = A.reshape(len(A), -1, 6)
-    boxes = np.asarray(boxes, np.float64)
+    boxes = paired_boxes(A, boxes, "centre_distances").astype(np.float64)
     x, y = crop_centres(A, height, width)
     return np.hypot(x - (boxes[..., 0] + boxes[..., 2] - 1) / 2,
                     y - (boxes[..., 1] + boxes[..., 3] - 1) / 2)
@@ -81,7 +92,7 @@ def accuracy_by_distance(distances, correct, edges=DISTANCE_EDGES):
     their digit's (``centre_distances``), in the bins [edges[i], edges[i + 1])
     pixels and a last one from edges[-1] on.  ``correct`` is a boolean array
     of the same shape as ``distances``.  Returns a list of (low, high, crops,
-    errors), high being inf for the last bin."""
+    errors), high being inf for the last bin; NaN distances fall in no bin."""
     distances, correct = np.ravel(distances), np.ravel(correct)
     bounds = list(edges) + [np.inf]
     rows = []

@@ -105,6 +105,10 @@ def test_smoke_run_writes_the_chapter_keys(tmp_path, sequences3, capsys):
     assert res["x"].shape == (25, 90, 90) and res["y"].shape == (25, 3)
     assert res["A"].shape == (25, 3, 6)
     assert res["all_y"].shape == (50, 3) and res["all_preds"].shape == (50, 3)
+    # Each step's transform of every test canvas, and each digit's box, in order.
+    assert res["all_A"].shape == (50, 3, 6)
+    np.testing.assert_array_equal(res["all_boxes"],
+                                  data.load_sequences(sequences3, nb_digits=3)["boxes_test"])
     assert len(res["history_test_seq_acc"]) == 1
     # One zoom and centred share per step, each centred share a fraction of 50.
     assert res["history_zoom_y"].shape == res["history_centred"].shape == (1, 3)

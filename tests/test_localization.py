@@ -43,7 +43,8 @@ def test_steps_are_compared_with_their_own_digit():
     line = localization.describe(stats)
     assert line == ("Transform: zoom 0.30/0.30/0.30 across, 0.30/0.30/0.30 down, "
                     "shift 0.50/0.00/0.50, centred 100%/50%/50%")
-    with pytest.raises(ValueError, match="2 boxes a canvas for 3 transforms"):
+    with pytest.raises(ValueError, match=r"summary: boxes of shape \(2, 2, 4\) for "
+                                         r"transforms of shape \(2, 3, 6\); give \(2, 1 or 3, 4\)"):
         localization.summary(A, boxes[:, :2], 101, 101)
 
 
@@ -65,3 +66,6 @@ def test_centre_distances_and_accuracy_by_distance():
                                           np.array([[box, [0, 0, 11, 11]]] * 2), 101, 101)
     np.testing.assert_allclose(steps[:, 0], [0, 25], atol=1e-12)
     np.testing.assert_allclose(steps[:, 1], [np.hypot(48, 49), np.hypot(45, 43)])
+    # One box a canvas without its digit axis would broadcast to (4, 4): refused.
+    with pytest.raises(ValueError, match="centre_distances: boxes of shape \\(4, 4\\)"):
+        localization.centre_distances(A, np.array([box] * 4), 101, 101)

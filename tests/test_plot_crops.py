@@ -70,6 +70,16 @@ def test_writes_png_for_one_and_three_steps(tmp_path, steps):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_file_without_the_test_transforms_says_why_it_has_no_distance_table(tmp_path,
+                                                                               capsys):
+    path = str(tmp_path / "res.npz")
+    data.save_npz(path, x=np.zeros((2, 30, 30), np.float32), A=np.zeros((2, 6), np.float32),
+                  preds=np.zeros(2, np.int32))
+    script.main(path)
+    assert ("No accuracy by distance: %s keeps no test transforms and boxes" % path
+            in capsys.readouterr().out)
+
+
 def test_more_canvases_than_a_column_go_side_by_side(tmp_path, capsys):
     import matplotlib.image
     rng = np.random.RandomState(2)
@@ -151,7 +161,7 @@ def test_prints_the_test_accuracy_by_the_crops_distance_from_its_digit(tmp_path,
     lines = capsys.readouterr().out.splitlines()
     table = lines[lines.index("Test accuracy by the distance of the crop's centre from "
                               "its digit's centre:") + 2:]
-    assert [line.split() for line in table] == [
+    assert len(table) == 7 and [line.split() for line in table] == [
         ["0-2", "2", "50.0%", "50.00%", "1"], ["2-4", "0", "0.0%", "-", "0"],
         ["4-6", "1", "25.0%", "100.00%", "0"], ["6-8", "0", "0.0%", "-", "0"],
         ["8-12", "0", "0.0%", "-", "0"], ["12-20", "0", "0.0%", "-", "0"],
