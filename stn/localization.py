@@ -35,8 +35,7 @@ def summary(A, boxes=None, height=None, width=None):
     from the canvas's, in half-canvas units), and ``centred`` (share of crops
     whose centre falls inside their digit's box; NaN without boxes).
     """
-    A = np.asarray(A, np.float64)
-    A = A.reshape(len(A), -1, 6)
+    A = as_steps(A)
     stats = {"zoom_x": np.hypot(A[..., 0], A[..., 3]).mean(0),
              "zoom_y": np.hypot(A[..., 1], A[..., 4]).mean(0),
              "shift": np.hypot(A[..., 2], A[..., 5]).mean(0),
@@ -50,6 +49,12 @@ def summary(A, boxes=None, height=None, width=None):
                   & (boxes[..., 1] <= y) & (y < boxes[..., 3]))
         stats["centred"] = inside.mean(0)
     return stats
+
+
+def as_steps(A):
+    """Transforms (N, 6) or (N, k, 6) as float64 (N, k, 6)."""
+    A = np.asarray(A, np.float64)
+    return A.reshape(len(A), -1, 6)
 
 
 def paired_boxes(A, boxes, caller):
@@ -79,8 +84,7 @@ def centre_distances(A, boxes, height, width):
     [y0, y1)).  Returns float64 (N, k), NaN for a non-finite transform.
     Raises ValueError for boxes of another shape.
     """
-    A = np.asarray(A, np.float64)
-    A = A.reshape(len(A), -1, 6)
+    A = as_steps(A)
     boxes = paired_boxes(A, boxes, "centre_distances").astype(np.float64)
     x, y = crop_centres(A, height, width)
     return np.hypot(x - (boxes[..., 0] + boxes[..., 2] - 1) / 2,
