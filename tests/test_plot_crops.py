@@ -161,7 +161,7 @@ def test_prints_the_test_accuracy_by_the_crops_distance_from_its_digit(tmp_path,
     lines = capsys.readouterr().out.splitlines()
     table = lines[lines.index("Test accuracy by the distance of the crop's centre from "
                               "its digit's centre:") + 2:]
-    assert len(table) == 7 and [line.split() for line in table] == [
+    assert [line.split() for line in table] == [
         ["0-2", "2", "50.0%", "50.00%", "1"], ["2-4", "0", "0.0%", "-", "0"],
         ["4-6", "1", "25.0%", "100.00%", "0"], ["6-8", "0", "0.0%", "-", "0"],
         ["8-12", "0", "0.0%", "-", "0"], ["12-20", "0", "0.0%", "-", "0"],
